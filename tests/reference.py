@@ -1,0 +1,71 @@
+"""Independent float64 references for the c-sign rule, written the straightforward way.
+
+``literal_rule`` evaluates SPEC section 2 exactly as the formulas read (Gaussian f, window
+product, k-th smallest f̂ as Δ). ``log_rule`` evaluates the same rule in log space, which is
+exact where the literal products saturate near zero. Tests drive them with the module's own
+held state, so every decision is compared on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _f(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.exp(-(x * x) / (2 * sigma * sigma))
+
+
+def literal_fhat(hist: list[torch.Tensor], s: int, m: int, sigma: float) -> torch.Tensor:
+    """f̂_s from the history ``hist[i-1] = x_i`` (float64)."""
+    if s <= m:
+        return _f(hist[s - 1], sigma)
+    prod = torch.ones_like(hist[0])
+    for i in range(s - m, s + 1):
+        prod = prod * (1 - _f(hist[i - 1], sigma))
+    return 1 - prod
+
+
+def literal_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: float):
+    """Boolean per element: the flip to sign(x_t) is allowed at update t (t >= 2)."""
+    ft = literal_fhat(hist, t, m, sigma)
+    fp = literal_fhat(hist, t - 1, m, sigma)
+    n = ft.numel()
+    k = min(n, max(1, math.ceil(delta * n)))
+    threshold = ft.flatten().kthvalue(k).values
+    return ft <= torch.maximum(fp, threshold)
+
+
+def _ell(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    z = x * x / (2 * sigma * sigma)
+    out = torch.empty_like(z)
+    small = z < math.log(2)
+    out[small] = torch.log(-torch.expm1(-z[small]))
+    out[~small] = torch.log1p(-torch.exp(-z[~small]))
+    return out
+
+
+def log_L(hist: list[torch.Tensor], s: int, m: int, sigma: float) -> torch.Tensor:
+    if s <= m:
+        return _ell(hist[s - 1], sigma)
+    total = torch.zeros_like(hist[0])
+    for i in range(s - m, s + 1):
+        total = total + _ell(hist[i - 1], sigma)
+    return total
+
+
+def log_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: float):
+    """The same rule as ``literal_rule`` with f̂ = 1 - exp(L), compared through L."""
+    lt = log_L(hist, t, m, sigma)
+    lp = log_L(hist, t - 1, m, sigma)
+    n = lt.numel()
+    k = min(n, max(1, math.ceil(delta * n)))
+    kth_largest = -((-lt.flatten()).kthvalue(k).values)
+    return lt >= torch.minimum(lp, kth_largest)
+
+
+def float32_naive_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: float):
+    """The literal rule in float32: what a straightforward implementation would compute."""
+    h32 = [h.float() for h in hist]
+    return literal_rule(h32, t, m, delta, float(sigma))

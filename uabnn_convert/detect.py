@@ -1,0 +1,330 @@
+"""Find the weight-sign sites of a model: one data-flow rule, then a family name for the report.
+
+The rule: a sign op (``torch.sign``, ``Tensor.sign``, or an ``autograd.Function`` whose forward
+calls sign exactly once) is a *weight* site when its input is computed from the module's
+parameters, buffers and constants only — no placeholder (model input) among its ancestors.
+Activation signs depend on the input and are left alone. The family (bireal, reactnet, irnet,
+bonn, xnor, generic) is read from the ops around the site and is only a label: the rewrite
+does the same thing for every family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .csign import CSign
+from .site import SignRecorder
+from .tracing import OwnGraphs, autograd_function_of, original_class, trace_module
+
+
+@dataclass
+class FoundSite:
+    """One weight-sign op in one module's graph."""
+
+    name: str  # attribute name of the site under its owner, e.g. "weight_csign"
+    op: Callable[..., torch.Tensor]
+    op_label: str
+    family: str
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    source: str  # parameter or buffer the latent is computed from
+
+
+@dataclass
+class ModuleSites:
+    """The weight-sign sites of one module and the graphs they were found in."""
+
+    owner: str
+    module: nn.Module
+    graphs: OwnGraphs
+    sites: list[FoundSite]
+    nodes: dict[fx.Node, str] = field(default_factory=dict)  # site node -> site name
+
+
+@dataclass
+class Skipped:
+    module: str
+    reason: str
+
+
+def sign_kind(node: fx.Node) -> str | None:
+    """'torch.sign', 'Tensor.sign', 'function', or None for any other node."""
+    if node.op == "call_function" and node.target is torch.sign:
+        return "torch.sign"
+    if node.op == "call_method" and node.target == "sign":
+        return "Tensor.sign"
+    if node.op == "call_function" and autograd_function_of(node.target) is not None:
+        return "function"
+    return None
+
+
+def ancestors(nodes: Iterable[fx.Node]) -> list[fx.Node]:
+    seen: dict[fx.Node, None] = {}
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen[n] = None
+        stack.extend(n.all_input_nodes)
+    return list(seen)
+
+
+def descendants(node: fx.Node, depth: int = 6) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    frontier = [node]
+    for _ in range(depth):
+        frontier = [u for n in frontier for u in n.users if u not in out]
+        out.extend(frontier)
+    return out
+
+
+def is_weight_only(inputs: Iterable[fx.Node]) -> bool:
+    nodes = ancestors(inputs)
+    return any(n.op == "get_attr" for n in nodes) and not any(n.op == "placeholder" for n in nodes)
+
+
+def op_name(node: fx.Node) -> str:
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    if node.op in ("call_method", "get_attr"):
+        return str(node.target) if node.op == "call_method" else "get_attr"
+    return node.op
+
+
+def evaluate(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> Any:
+    """Concrete value of a node whose ancestors are all parameters, buffers or constants."""
+    if node in cache:
+        return cache[node]
+
+    def value(arg: Any) -> Any:
+        return fx.node.map_arg(arg, lambda n: evaluate(n, module, cache))
+
+    if node.op == "get_attr":
+        out = node.meta.get("uabnn_constant")
+        if out is None:
+            out = fetch_attr(module, node.target)
+    elif node.op == "call_function":
+        out = node.target(*value(node.args), **value(node.kwargs))
+    elif node.op == "call_method":
+        self_, *rest = value(node.args)
+        out = getattr(self_, node.target)(*rest, **value(node.kwargs))
+    elif node.op == "call_module":
+        out = module.get_submodule(node.target)(*value(node.args), **value(node.kwargs))
+    else:
+        raise RuntimeError(f"cannot evaluate {node.op} node {node.name}")
+    cache[node] = out
+    return out
+
+
+def evaluate_args(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> tuple:
+    """Concrete ``(args, kwargs)`` of a weight-only node."""
+
+    def value(n: fx.Node) -> Any:
+        return evaluate(n, module, cache)
+
+    return fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
+
+
+def fetch_attr(module: nn.Module, target: str) -> Any:
+    obj: Any = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# Family rules, first match wins. Each reads a small context of op names around the site.
+FAMILY_RULES: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
+    ("irnet", lambda c: "std" in c["before"]),
+    ("bonn", lambda c: c["learned_scale"]),
+    ("reactnet", lambda c: c["flattened"] and "clamp" in c["after"]),
+    ("bireal", lambda c: "clamp" in c["after"]),
+    ("xnor", lambda c: {"mean", "abs"} <= (c["inside"] | c["after"])),
+)
+
+
+def family_of(context: dict[str, Any]) -> str:
+    for name, rule in FAMILY_RULES:
+        if rule(context):
+            return name
+    return "generic"
+
+
+def _source_of(module: nn.Module, inputs: list[fx.Node]) -> str:
+    """The nearest parameter the latent comes from (breadth-first), else the nearest buffer.
+
+    Parameters come first so that IR-Net's ``BinaryQuantize.apply(bw, self.k, self.t)`` is
+    named after the weight behind ``bw``, not after ``k``.
+    """
+    attrs = [
+        n for n in _breadth_first(inputs) if n.op == "get_attr" and "uabnn_constant" not in n.meta
+    ]
+    for n in attrs:
+        if isinstance(fetch_attr(module, n.target), nn.Parameter):
+            return str(n.target)
+    return str(attrs[0].target) if attrs else "const"
+
+
+def _breadth_first(inputs: list[fx.Node]) -> list[fx.Node]:
+    order: dict[fx.Node, None] = {}
+    frontier = list(inputs)
+    while frontier:
+        nxt = []
+        for n in frontier:
+            if n not in order:
+                order[n] = None
+                nxt.extend(n.all_input_nodes)
+        frontier = nxt
+    return list(order)
+
+
+def _learned_scale(node: fx.Node, module: nn.Module, source: str) -> bool:
+    for user in descendants(node, depth=3):
+        if op_name(user) not in ("mul", "__mul__", "mul_"):
+            continue
+        for arg in user.all_input_nodes:
+            if arg.op == "get_attr" and arg.target != source:
+                attr = fetch_attr(module, arg.target)
+                if isinstance(attr, nn.Parameter):
+                    return True
+    return False
+
+
+def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[FoundSite], dict]:
+    """The weight-sign sites in ``module``'s graphs; same site names across both modes."""
+    sites: dict[str, FoundSite] = {}
+    node_names: dict[fx.Node, str] = {}
+    problems: list[str] = []
+    for graph in graphs.graphs():
+        used: dict[str, int] = {}
+        for node in graph.nodes:
+            kind = sign_kind(node)
+            if kind is None or not is_weight_only(node.all_input_nodes):
+                continue
+            found = _describe(owner, module, node, kind, problems)
+            if found is None:
+                continue
+            base = f"{found.source.replace('.', '_')}_csign"
+            count = used.get(base, 0)
+            used[base] = count + 1
+            found.name = base if count == 0 else f"{base}_{count}"
+            prior = sites.get(found.name)
+            if prior is not None and (prior.shape, prior.op) != (found.shape, found.op):
+                problems.append(f"site {found.name} differs between training and eval mode")
+                continue
+            sites.setdefault(found.name, found)
+            node_names[node] = found.name
+    return list(sites.values()), {"nodes": node_names, "problems": problems}
+
+
+def _describe(
+    owner: str, module: nn.Module, node: fx.Node, kind: str, problems: list[str]
+) -> FoundSite | None:
+    inputs = list(node.all_input_nodes)
+    source = _source_of(module, inputs)
+    cache: dict[fx.Node, Any] = {}
+    with torch.no_grad():
+        args, kwargs = evaluate_args(node, module, cache)
+        if kind == "function":
+            fn_cls = autograd_function_of(node.target)
+            recorder = SignRecorder()
+            with recorder:
+                node.target(*args, **kwargs)
+            if len(recorder.sign_inputs) != 1:
+                if recorder.sign_inputs:
+                    problems.append(
+                        f"{fn_cls.__name__}.apply calls sign {len(recorder.sign_inputs)} times "
+                        "on weights; only a single sign per Function is converted"
+                    )
+                return None
+            latent = recorder.sign_inputs[0]
+            op, label, inside = node.target, f"{fn_cls.__name__}.apply", recorder.op_names
+        else:
+            latent = args[0]
+            op, label, inside = torch.sign, kind, set()
+    if not isinstance(latent, torch.Tensor) or not latent.is_floating_point():
+        return None
+    source_value = fetch_attr(module, source) if source != "const" else latent
+    context = {
+        "before": {op_name(n) for n in ancestors(inputs)},
+        "after": {op_name(a) for d in descendants(node) for a in [d, *d.all_input_nodes]},
+        "inside": inside,
+        "flattened": isinstance(source_value, torch.Tensor) and source_value.dim() < latent.dim(),
+        "learned_scale": _learned_scale(node, module, source),
+    }
+    return FoundSite(
+        name="",
+        op=op,
+        op_label=label,
+        family=family_of(context),
+        shape=latent.shape,
+        dtype=latent.dtype,
+        device=latent.device,
+        source=source,
+    )
+
+
+def scan(model: nn.Module, *, traced_class: Callable[[nn.Module], type] = original_class):
+    """Trace every candidate module once and collect its weight-sign sites.
+
+    Built-in ``torch.nn`` layers are skipped (they never sign their weights), and a class whose
+    forward has no sign op at all is traced only once. Returns ``(found, skipped)``.
+    """
+    found: list[ModuleSites] = []
+    skipped: list[Skipped] = []
+    sign_free: set[type] = set()
+    for owner, module in model.named_modules():
+        cls = traced_class(module)
+        if cls.__module__.startswith("torch.") or cls in sign_free or isinstance(module, CSign):
+            continue
+        try:
+            with _as_class(module, cls):
+                graphs = trace_module(module)
+        except Exception as exc:  # any trace failure is reported, never fatal
+            if _mentions_sign(cls):
+                skipped.append(Skipped(owner or "<root>", _one_line(exc)))
+            continue
+        if not any(sign_kind(n) for g in graphs.graphs() for n in g.nodes):
+            sign_free.add(cls)
+            continue
+        sites, info = find_sites(owner, module, graphs)
+        for problem in info["problems"]:
+            skipped.append(Skipped(owner or "<root>", problem))
+        if sites:
+            found.append(ModuleSites(owner, module, graphs, sites, info["nodes"]))
+    return found, skipped
+
+
+class _as_class:
+    """Temporarily give ``module`` another class (to trace its original forward)."""
+
+    def __init__(self, module: nn.Module, cls: type) -> None:
+        self.module, self.cls, self.prev = module, cls, type(module)
+
+    def __enter__(self) -> None:
+        if self.cls is not self.prev:
+            self.module.__class__ = self.cls
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.__class__ = self.prev
+
+
+def _mentions_sign(cls: type) -> bool:
+    import inspect
+
+    try:
+        return "sign" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]

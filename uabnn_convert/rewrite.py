@@ -1,0 +1,108 @@
+"""Graph rewrites over the sites :mod:`.detect` found. One transform = one small class.
+
+Each transform rewrites the site nodes of a module's own graph in place, lints the graph and
+installs it on that module (:func:`.tracing.install_forward`). Nothing else in the model is
+touched, and every original parameter and buffer keeps its name.
+
+* :class:`ConvertSigns` — each site becomes a :class:`.site.CSignSite` submodule of its owner,
+  called where the sign op was (``patch``).
+* :class:`FreezeSigns` — each site becomes a constant buffer holding what the site returns in
+  eval mode, so no c-sign code is left (``freeze``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .detect import ModuleSites, evaluate_args, sign_kind
+from .site import CSignSite
+from .tracing import install_forward, restore_class
+
+SettingsFor = Callable[[str, str], dict[str, Any]]
+
+
+def _replace(graph: fx.Graph, node: fx.Node, make: Callable[[], fx.Node]) -> None:
+    with graph.inserting_before(node):
+        new = make()
+    new.meta.update({k: v for k, v in node.meta.items() if k != "uabnn_constant"})
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
+def _site_nodes(graph: fx.Graph, found: ModuleSites) -> list[tuple[fx.Node, str]]:
+    return [(n, found.nodes[n]) for n in list(graph.nodes) if n in found.nodes]
+
+
+class ConvertSigns:
+    """Rewrite every found weight-sign op into a stateful c-sign site."""
+
+    def __init__(self, settings_for: SettingsFor) -> None:
+        self.settings_for = settings_for
+
+    def apply(self, found: ModuleSites) -> list[CSignSite]:
+        module = found.module
+        made = []
+        for spec in found.sites:
+            qualname = f"{found.owner}.{spec.name}" if found.owner else spec.name
+            site = CSignSite(
+                spec.op,
+                spec.shape,
+                family=spec.family,
+                op_label=spec.op_label,
+                dtype=spec.dtype,
+                device=spec.device,
+                site=qualname,
+                **self.settings_for(found.owner, spec.name),
+            )
+            site.train(module.training)
+            module.add_module(spec.name, site)
+            made.append(site)
+        for graph in found.graphs.graphs():
+            for node, name in _site_nodes(graph, found):
+                if sign_kind(node) == "function":
+                    args, kwargs = node.args, dict(node.kwargs)
+                else:
+                    args, kwargs = (node.args[0],), {}
+                _replace(graph, node, lambda: graph.call_module(name, args, kwargs))  # noqa: B023
+        install_forward(module, found.graphs, found.owner or "<root>")
+        return made
+
+
+class FreezeSigns:
+    """Rewrite every site into the constant it holds: a deployable, c-sign-free module."""
+
+    def apply(self, found: ModuleSites) -> None:
+        module = found.module
+        for graph in found.graphs.graphs():
+            cache: dict[fx.Node, Any] = {}
+            for node, name in _site_nodes(graph, found):
+                site = module.get_submodule(name)
+                if not isinstance(site, CSignSite):
+                    raise TypeError(f"{found.owner}.{name} is not a c-sign site")
+                with torch.no_grad():
+                    args, kwargs = evaluate_args(node, module, cache)
+                    value = site.frozen_value(*args, **kwargs)
+                buffer = frozen_name(name)
+                if buffer not in module._buffers:
+                    module.register_buffer(buffer, value)
+                _replace(graph, node, lambda: graph.get_attr(buffer))  # noqa: B023
+        for spec in found.sites:
+            delattr(module, spec.name)
+        install_forward(module, found.graphs, found.owner or "<root>")
+
+
+def frozen_name(site_name: str) -> str:
+    return site_name.replace("_csign", "_binary", 1)
+
+
+def remove_sites(module: nn.Module) -> None:
+    """Undo a rewrite on one module: original forward, no site submodules."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, CSignSite):
+            delattr(module, name)
+    restore_class(module)

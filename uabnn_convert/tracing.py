@@ -1,0 +1,189 @@
+"""Trace one module's *own* forward with torch.fx, leaving everything else live.
+
+Tracing whole models is fragile (control flow, shape asserts, third-party wrappers) and bakes
+Python values into the graph. A BNN's weight sign sits in the forward of the layer that owns
+the weight, so each module is traced on its own with every child kept as a call. Two further
+choices keep the original behaviour intact:
+
+* ``autograd.Function.apply`` is recorded as one call, not inlined: symbolic tracing would
+  otherwise run the Function's forward on proxies and drop its custom backward (IR-Net's EDE,
+  XNOR's clipped STE), leaving the weights without the gradient the method defines.
+* The forward is traced once in training and once in eval mode; if the two graphs differ
+  (a ``self.training`` branch) the installed forward dispatches on ``self.training`` at run
+  time, so the branch still follows the mode.
+
+Limit: Python scalars read from ``self`` (a float attribute, a tuple of sizes) are baked into
+the graph at patch time, as in any fx trace. Tensors (parameters, buffers, plain tensor
+attributes such as IR-Net's ``k``/``t``) are read live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+_CONST_PREFIX = "_uabnn_const"
+
+
+@functools.cache
+def function_call(cls: type[torch.autograd.Function]) -> Callable:
+    """A named, stable stand-in for ``cls.apply`` that fx can record and generate code for."""
+
+    def call(*args, **kwargs):
+        return cls.apply(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"{cls.__name__}_apply"
+    call.__module__ = __name__
+    call.autograd_function = cls
+    return call
+
+
+def autograd_function_of(target: object) -> type[torch.autograd.Function] | None:
+    return getattr(target, "autograd_function", None)
+
+
+class OwnForwardTracer(fx.Tracer):
+    """Records a module's own forward: children stay calls, Functions stay single calls."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def _functions_as_calls(self) -> Iterator[None]:
+        original = torch.autograd.Function.__dict__["apply"]
+        tracer = self
+
+        def apply(cls, *args, **kwargs):
+            flat = [*args, *kwargs.values()]
+            if any(isinstance(a, fx.Proxy) for a in flat):
+                return tracer.create_proxy("call_function", function_call(cls), args, kwargs)
+            return original.__get__(None, cls)(*args, **kwargs)
+
+        torch.autograd.Function.apply = classmethod(apply)
+        try:
+            yield
+        finally:
+            torch.autograd.Function.apply = original
+
+    def trace_own(self, module: nn.Module) -> fx.Graph:
+        with self._functions_as_calls():
+            return self.trace(module)
+
+
+@dataclass
+class OwnGraphs:
+    """The traced forward of one module, per mode (one graph when the modes agree)."""
+
+    train: fx.Graph
+    eval: fx.Graph | None  # None: the eval graph is the same as the training graph
+
+    def graphs(self) -> list[fx.Graph]:
+        return [self.train] if self.eval is None else [self.train, self.eval]
+
+
+def trace_module(module: nn.Module) -> OwnGraphs:
+    """Trace ``module``'s own forward in both modes, without changing the module.
+
+    Constants that fx stows on the traced module are moved into non-persistent buffers by
+    :func:`adopt_constants` only when the graph is installed; here they are removed again.
+    """
+    was_training = module.training
+    before = set(vars(module))
+    graphs = []
+    try:
+        for mode in (True, False):
+            object.__setattr__(module, "training", mode)
+            graphs.append(_trace_with_constants(module))
+    finally:
+        object.__setattr__(module, "training", was_training)
+        for name in set(vars(module)) - before:
+            delattr(module, name)
+    train, evl = graphs
+    same = _code(train) == _code(evl)
+    return OwnGraphs(train, None if same else evl)
+
+
+def _trace_with_constants(module: nn.Module) -> fx.Graph:
+    """Trace and keep each stowed constant's value on the graph (``node.meta``)."""
+    tracer = OwnForwardTracer()
+    graph = tracer.trace_own(module)
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.target.startswith("_tensor_constant"):
+            node.meta["uabnn_constant"] = getattr(module, node.target)
+    return graph
+
+
+def _code(graph: fx.Graph) -> str:
+    return graph.python_code(root_module="self").src
+
+
+def adopt_constants(module: nn.Module, graph: fx.Graph) -> None:
+    """Give the constants a graph captured a home on the module (non-persistent buffers)."""
+    for node in graph.nodes:
+        value = node.meta.get("uabnn_constant")
+        if value is None:
+            continue
+        index = 0
+        while hasattr(module, f"{_CONST_PREFIX}{index}"):
+            index += 1
+        name = f"{_CONST_PREFIX}{index}"
+        module.register_buffer(name, value, persistent=False)
+        node.target = name
+        del node.meta["uabnn_constant"]
+
+
+def compile_forward(graph: fx.Graph, label: str) -> Callable:
+    """Python function ``forward(self, ...)`` generated from ``graph``."""
+    code = graph.python_code(root_module="self")
+    namespace = dict(code.globals)
+    exec(compile(code.src, f"<uabnn_convert forward of {label}>", "exec"), namespace)
+    return namespace["forward"]
+
+
+def install_forward(module: nn.Module, graphs: OwnGraphs, label: str) -> None:
+    """Run ``module`` through its rewritten graph(s) via a per-instance subclass.
+
+    A subclass (rather than an instance attribute) keeps ``isinstance`` true, is what
+    ``torch.fx``/``torch.export`` look up (they read ``type(root).forward``), and is undone by
+    restoring ``__class__``.
+    """
+    for graph in graphs.graphs():
+        adopt_constants(module, graph)
+        graph.lint()
+    train_fn = compile_forward(graphs.train, label)
+    if graphs.eval is None:
+        forward = train_fn
+    else:
+        eval_fn = compile_forward(graphs.eval, label)
+
+        def forward(self, *args, **kwargs):
+            return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
+
+    base = original_class(module)
+    module.__class__ = type(
+        base.__name__,
+        (base,),
+        {"forward": forward, "__module__": base.__module__, "_uabnn_base": base},
+    )
+
+
+def original_class(module: nn.Module) -> type[nn.Module]:
+    return getattr(type(module), "_uabnn_base", type(module))
+
+
+def is_rewritten(module: nn.Module) -> bool:
+    return "_uabnn_base" in type(module).__dict__
+
+
+def restore_class(module: nn.Module) -> None:
+    """Undo :func:`install_forward`: the module runs its class's own forward again."""
+    if is_rewritten(module):
+        module.__class__ = original_class(module)
+    for name in [n for n in module._buffers if n.startswith(_CONST_PREFIX)]:
+        del module._buffers[name]
