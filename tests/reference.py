@@ -39,11 +39,7 @@ def literal_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: 
 
 def _ell(x: torch.Tensor, sigma: float) -> torch.Tensor:
     z = x * x / (2 * sigma * sigma)
-    out = torch.empty_like(z)
-    small = z < math.log(2)
-    out[small] = torch.log(-torch.expm1(-z[small]))
-    out[~small] = torch.log1p(-torch.exp(-z[~small]))
-    return out
+    return torch.where(z < math.log(2), torch.log(-torch.expm1(-z)), torch.log1p(-torch.exp(-z)))
 
 
 def log_L(hist: list[torch.Tensor], s: int, m: int, sigma: float) -> torch.Tensor:
@@ -69,3 +65,34 @@ def float32_naive_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, s
     """The literal rule in float32: what a straightforward implementation would compute."""
     h32 = [h.float() for h in hist]
     return literal_rule(h32, t, m, delta, float(sigma))
+
+
+class StreamingLogRule:
+    """``log_rule`` for long trajectories: keeps only the last m + 2 values of ℓ(x_i)."""
+
+    def __init__(self, m: int, delta: float) -> None:
+        self.m, self.delta = m, delta
+        self.ells: list[torch.Tensor] = []
+        self.t = 0
+
+    def _L(self, s: int) -> torch.Tensor:
+        offset = self.t - len(self.ells)  # ells[j] holds ℓ(x_{offset + j + 1})
+        if s <= self.m:
+            return self.ells[s - 1 - offset]
+        total = torch.zeros_like(self.ells[-1])
+        for i in range(s - self.m, s + 1):
+            total = total + self.ells[i - 1 - offset]
+        return total
+
+    def step(self, x: torch.Tensor, sigma: float) -> torch.Tensor | None:
+        """Add x_t; return the rule's per-element answer for t >= 2."""
+        self.t += 1
+        self.ells.append(_ell(x.double(), sigma))
+        self.ells = self.ells[-(self.m + 2) :]
+        if self.t == 1:
+            return None
+        lt, lp = self._L(self.t), self._L(self.t - 1)
+        n = lt.numel()
+        k = min(n, max(1, math.ceil(self.delta * n)))
+        kth_largest = -((-lt.flatten()).kthvalue(k).values)
+        return lt >= torch.minimum(lp, kth_largest)
