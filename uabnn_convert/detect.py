@@ -20,7 +20,13 @@ from torch import nn
 
 from .csign import CSign
 from .site import SignRecorder
-from .tracing import OwnGraphs, autograd_function_of, original_class, trace_module
+from .tracing import (
+    OwnGraphs,
+    autograd_function_of,
+    original_class,
+    shared_trace_patches,
+    trace_module,
+)
 
 
 @dataclass
@@ -186,7 +192,7 @@ def _breadth_first(inputs: list[fx.Node]) -> list[fx.Node]:
 
 
 def _learned_scale(node: fx.Node, module: nn.Module, source: str) -> bool:
-    for user in descendants(node, depth=3):
+    for user in descendants(node, depth=5):
         if op_name(user) not in ("mul", "__mul__", "mul_"):
             continue
         for arg in user.all_input_nodes:
@@ -280,26 +286,39 @@ def scan(model: nn.Module, *, traced_class: Callable[[nn.Module], type] = origin
     found: list[ModuleSites] = []
     skipped: list[Skipped] = []
     sign_free: set[type] = set()
-    for owner, module in model.named_modules():
-        cls = traced_class(module)
-        if cls.__module__.startswith("torch.") or cls in sign_free or isinstance(module, CSign):
-            continue
-        try:
-            with _as_class(module, cls):
-                graphs = trace_module(module)
-        except Exception as exc:  # any trace failure is reported, never fatal
-            if _mentions_sign(cls):
-                skipped.append(Skipped(owner or "<root>", _one_line(exc)))
-            continue
-        if not any(sign_kind(n) for g in graphs.graphs() for n in g.nodes):
-            sign_free.add(cls)
-            continue
-        sites, info = find_sites(owner, module, graphs)
-        for problem in info["problems"]:
-            skipped.append(Skipped(owner or "<root>", problem))
-        if sites:
-            found.append(ModuleSites(owner, module, graphs, sites, info["nodes"]))
+    with shared_trace_patches():
+        for owner, module in model.named_modules():
+            _scan_one(owner, module, traced_class, sign_free, found, skipped)
     return found, skipped
+
+
+def _scan_one(
+    owner: str,
+    module: nn.Module,
+    traced_class: Callable[[nn.Module], type],
+    sign_free: set[type],
+    found: list[ModuleSites],
+    skipped: list[Skipped],
+) -> None:
+    """Trace one module and record its sites (or why it could not be traced)."""
+    cls = traced_class(module)
+    if cls.__module__.startswith("torch.") or cls in sign_free or isinstance(module, CSign):
+        return
+    try:
+        with _as_class(module, cls):
+            graphs = trace_module(module)
+    except Exception as exc:  # any trace failure is reported, never fatal
+        if _mentions_sign(cls):
+            skipped.append(Skipped(owner or "<root>", _one_line(exc)))
+        return
+    if not any(sign_kind(n) for g in graphs.graphs() for n in g.nodes):
+        sign_free.add(cls)
+        return
+    sites, info = find_sites(owner, module, graphs)
+    for problem in info["problems"]:
+        skipped.append(Skipped(owner or "<root>", problem))
+    if sites:
+        found.append(ModuleSites(owner, module, graphs, sites, info["nodes"]))
 
 
 class _as_class:

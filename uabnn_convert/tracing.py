@@ -72,8 +72,73 @@ class OwnForwardTracer(fx.Tracer):
             torch.autograd.Function.apply = original
 
     def trace_own(self, module: nn.Module) -> fx.Graph:
-        with self._functions_as_calls():
-            return self.trace(module)
+        self.parameter_proxies: dict[str, fx.Proxy] = {}
+        _ACTIVE.append(self)
+        try:
+            with self._functions_as_calls():
+                return self.trace(module)
+        finally:
+            _ACTIVE.pop()
+
+
+_ACTIVE: list[OwnForwardTracer] = []
+
+
+@contextlib.contextmanager
+def shared_trace_patches() -> Iterator[None]:
+    """Patch fx's global machinery once for many traces, not once per trace.
+
+    Each ``Tracer.trace`` re-assigns ``nn.Module.__getattr__``/``__call__`` (and hundreds of
+    wrapped functions) and reverts them afterwards. Assigning to ``nn.Module`` invalidates the
+    type caches of every module class loaded — thousands with timm and torchvision imported —
+    so over the few dozen small traces of a model this dominated ``patch``. Inside this context
+    the patches are made once: ``nn.Module`` gets dispatchers that route to whichever
+    :class:`OwnForwardTracer` is tracing (and behave normally otherwise), and fx's own
+    per-trace patching sees them as already applied and skips the work. It relies on private
+    fx helpers; if they are missing, tracing runs at its ordinary cost.
+    """
+    st = getattr(torch.fx, "_symbolic_trace", None)
+    needed = (
+        "_new_patcher",
+        "_patch_wrapped_functions",
+        "_orig_module_getattr",
+        "_orig_module_call",
+    )
+    if st is None or not all(hasattr(st, n) for n in needed):
+        yield
+        return
+    orig_getattr, orig_call = st._orig_module_getattr, st._orig_module_call
+
+    def module_getattr(mod: nn.Module, attr: str):
+        value = orig_getattr(mod, attr)
+        if not _ACTIVE:
+            return value
+        tracer = _ACTIVE[-1]
+        return tracer.getattr(attr, value, tracer.parameter_proxies)
+
+    def module_call(mod: nn.Module, *args, **kwargs):
+        if not _ACTIVE:
+            return orig_call(mod, *args, **kwargs)
+
+        def forward(*a, **k):
+            return orig_call(mod, *a, **k)
+
+        return _ACTIVE[-1].call_module(mod, forward, args, kwargs)
+
+    for fn in (module_getattr, module_call):
+        # The mark fx's per-trace patching checks before it re-assigns (set by name here:
+        # fx's own assignment inside a class body is name-mangled and never matches).
+        setattr(fn, "__fx_already_patched", True)
+    wrapped = st._patch_wrapped_functions
+    with st._new_patcher() as patcher:
+        wrapped(patcher)
+        patcher.patch_method(nn.Module, "__getattr__", module_getattr)
+        patcher.patch_method(nn.Module, "__call__", module_call)
+        st._patch_wrapped_functions = lambda _patcher: None
+        try:
+            yield
+        finally:
+            st._patch_wrapped_functions = wrapped
 
 
 @dataclass
