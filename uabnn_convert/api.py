@@ -103,9 +103,7 @@ def _join(owner: str, name: str) -> str:
 def sites(model: nn.Module) -> Iterator[tuple[str, CSignSite]]:
     """``(qualified_name, site)`` for every converted site, in module order."""
     _check_module(model, "sites")
-    for name, module in model.named_modules():
-        if isinstance(module, CSignSite):
-            yield name, module
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, CSignSite))
 
 
 def inspect(model: nn.Module) -> Report:

@@ -23,6 +23,8 @@ from .site import SignRecorder
 from .tracing import (
     OwnGraphs,
     autograd_function_of,
+    evaluate_args,
+    fetch_attr,
     original_class,
     shared_trace_patches,
     trace_module,
@@ -61,14 +63,33 @@ class Skipped:
 
 
 def sign_kind(node: fx.Node) -> str | None:
-    """'torch.sign', 'Tensor.sign', 'function', or None for any other node."""
+    """What kind of possible sign op a node is: 'torch.sign', 'Tensor.sign', 'function' (an
+    autograd.Function call), 'module' (a child module call, e.g. a weight pre-processing
+    binarizer), or None. Functions and modules count only if they sign their input once."""
     if node.op == "call_function" and node.target is torch.sign:
         return "torch.sign"
     if node.op == "call_method" and node.target == "sign":
         return "Tensor.sign"
     if node.op == "call_function" and autograd_function_of(node.target) is not None:
         return "function"
+    if node.op == "call_module":
+        return "module"
     return None
+
+
+def candidates(graph: fx.Graph, module: nn.Module) -> list[tuple[fx.Node, str]]:
+    """Possible weight-sign nodes: a sign-like op whose input comes from weights only."""
+    out = []
+    for node in graph.nodes:
+        kind = sign_kind(node)
+        if kind is None or not is_weight_only(node.all_input_nodes):
+            continue
+        if kind == "module":
+            child = module.get_submodule(node.target)
+            if type(child).__module__.startswith("torch.") or isinstance(child, CSign):
+                continue
+        out.append((node, kind))
+    return out
 
 
 def ancestors(nodes: Iterable[fx.Node]) -> list[fx.Node]:
@@ -103,47 +124,6 @@ def op_name(node: fx.Node) -> str:
     if node.op in ("call_method", "get_attr"):
         return str(node.target) if node.op == "call_method" else "get_attr"
     return node.op
-
-
-def evaluate(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> Any:
-    """Concrete value of a node whose ancestors are all parameters, buffers or constants."""
-    if node in cache:
-        return cache[node]
-
-    def value(arg: Any) -> Any:
-        return fx.node.map_arg(arg, lambda n: evaluate(n, module, cache))
-
-    if node.op == "get_attr":
-        out = node.meta.get("uabnn_constant")
-        if out is None:
-            out = fetch_attr(module, node.target)
-    elif node.op == "call_function":
-        out = node.target(*value(node.args), **value(node.kwargs))
-    elif node.op == "call_method":
-        self_, *rest = value(node.args)
-        out = getattr(self_, node.target)(*rest, **value(node.kwargs))
-    elif node.op == "call_module":
-        out = module.get_submodule(node.target)(*value(node.args), **value(node.kwargs))
-    else:
-        raise RuntimeError(f"cannot evaluate {node.op} node {node.name}")
-    cache[node] = out
-    return out
-
-
-def evaluate_args(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> tuple:
-    """Concrete ``(args, kwargs)`` of a weight-only node."""
-
-    def value(n: fx.Node) -> Any:
-        return evaluate(n, module, cache)
-
-    return fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
-
-
-def fetch_attr(module: nn.Module, target: str) -> Any:
-    obj: Any = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 # Family rules, first match wins. Each reads a small context of op names around the site.
@@ -210,17 +190,11 @@ def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[F
     problems: list[str] = []
     for graph in graphs.graphs():
         used: dict[str, int] = {}
-        for node in graph.nodes:
-            kind = sign_kind(node)
-            if kind is None or not is_weight_only(node.all_input_nodes):
-                continue
+        for node, kind in candidates(graph, module):
             found = _describe(owner, module, node, kind, problems)
             if found is None:
                 continue
-            base = f"{found.source.replace('.', '_')}_csign"
-            count = used.get(base, 0)
-            used[base] = count + 1
-            found.name = base if count == 0 else f"{base}_{count}"
+            found.name = _free_name(module, f"{found.source.replace('.', '_')}_csign", used)
             prior = sites.get(found.name)
             if prior is not None and (prior.shape, prior.op) != (found.shape, found.op):
                 problems.append(f"site {found.name} differs between training and eval mode")
@@ -228,6 +202,19 @@ def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[F
             sites.setdefault(found.name, found)
             node_names[node] = found.name
     return list(sites.values()), {"nodes": node_names, "problems": problems}
+
+
+def _free_name(module: nn.Module, base: str, used: dict[str, int]) -> str:
+    """``base``, ``base_1``, … in the order sites appear, skipping names the module already
+    has (other than c-sign sites, which are this site's own state in a patched model)."""
+    count = used.get(base, 0)
+    while True:
+        name = base if count == 0 else f"{base}_{count}"
+        count += 1
+        taken = hasattr(module, name) and not isinstance(getattr(module, name), CSign)
+        if not taken:
+            used[base] = count
+            return name
 
 
 def _describe(
@@ -238,20 +225,26 @@ def _describe(
     cache: dict[fx.Node, Any] = {}
     with torch.no_grad():
         args, kwargs = evaluate_args(node, module, cache)
-        if kind == "function":
-            fn_cls = autograd_function_of(node.target)
+        if kind in ("function", "module"):
+            if kind == "function":
+                op = call = node.target
+                label = f"{autograd_function_of(op).__name__}.apply"
+            else:
+                op = None  # the child module is passed to the site at run time
+                call = module.get_submodule(node.target)
+                label = f"{type(call).__name__} (module)"
             recorder = SignRecorder()
             with recorder:
-                node.target(*args, **kwargs)
+                call(*args, **kwargs)
             if len(recorder.sign_inputs) != 1:
                 if recorder.sign_inputs:
                     problems.append(
-                        f"{fn_cls.__name__}.apply calls sign {len(recorder.sign_inputs)} times "
-                        "on weights; only a single sign per Function is converted"
+                        f"{label} calls sign {len(recorder.sign_inputs)} times on weights; "
+                        "only a single sign per call is converted"
                     )
                 return None
             latent = recorder.sign_inputs[0]
-            op, label, inside = node.target, f"{fn_cls.__name__}.apply", recorder.op_names
+            inside = recorder.op_names
         else:
             latent = args[0]
             op, label, inside = torch.sign, kind, set()
@@ -285,7 +278,7 @@ def scan(model: nn.Module, *, traced_class: Callable[[nn.Module], type] = origin
     """
     found: list[ModuleSites] = []
     skipped: list[Skipped] = []
-    sign_free: set[type] = set()
+    sign_free: set[tuple] = set()
     with shared_trace_patches():
         for owner, module in model.named_modules():
             _scan_one(owner, module, traced_class, sign_free, found, skipped)
@@ -296,13 +289,14 @@ def _scan_one(
     owner: str,
     module: nn.Module,
     traced_class: Callable[[nn.Module], type],
-    sign_free: set[type],
+    sign_free: set[tuple],
     found: list[ModuleSites],
     skipped: list[Skipped],
 ) -> None:
     """Trace one module and record its sites (or why it could not be traced)."""
     cls = traced_class(module)
-    if cls.__module__.startswith("torch.") or cls in sign_free or isinstance(module, CSign):
+    key = _trace_key(cls, module)
+    if cls.__module__.startswith("torch.") or key in sign_free or isinstance(module, CSign):
         return
     try:
         with _as_class(module, cls):
@@ -311,8 +305,8 @@ def _scan_one(
         if _mentions_sign(cls):
             skipped.append(Skipped(owner or "<root>", _one_line(exc)))
         return
-    if not any(sign_kind(n) for g in graphs.graphs() for n in g.nodes):
-        sign_free.add(cls)
+    if not any(candidates(g, module) for g in graphs.graphs()):
+        sign_free.add(key)
         return
     sites, info = find_sites(owner, module, graphs)
     for problem in info["problems"]:
@@ -335,13 +329,40 @@ class _as_class:
         self.module.__class__ = self.prev
 
 
+def _trace_key(cls: type, module: nn.Module) -> tuple:
+    """What a trace of ``module`` depends on besides tensor values: its class, its Python
+    scalar attributes and the shapes of its own tensors. Modules with equal keys trace to the
+    same graph, so one found without weight signs stands for all of them."""
+    scalars = tuple(
+        sorted(
+            (k, repr(v))
+            for k, v in vars(module).items()
+            if isinstance(v, (bool, int, float, str, tuple, type(None)))
+        )
+    )
+    tensors = tuple(
+        (k, tuple(t.shape), t.dtype)
+        for k, t in [*module._parameters.items(), *module._buffers.items()]
+        if t is not None
+    )
+    return cls, scalars, tensors
+
+
 def _mentions_sign(cls: type) -> bool:
+    """Whether a class that failed to trace is worth reporting: its source (any method, any
+    base class of the model's own code) binarizes something or calls a Function."""
     import inspect
 
-    try:
-        return "sign" in inspect.getsource(cls.forward)
-    except (OSError, TypeError):
-        return False
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch.") or klass is object:
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        if any(word in source for word in ("sign", ".apply(", "binar")):
+            return True
+    return False
 
 
 def _one_line(exc: BaseException) -> str:

@@ -19,9 +19,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .detect import ModuleSites, evaluate_args, sign_kind
+from .detect import ModuleSites, sign_kind
 from .site import CSignSite
-from .tracing import install_forward, restore_class
+from .tracing import evaluate_args, install_forward, restore_class
 
 SettingsFor = Callable[[str, str], dict[str, Any]]
 
@@ -64,8 +64,13 @@ class ConvertSigns:
             made.append(site)
         for graph in found.graphs.graphs():
             for node, name in _site_nodes(graph, found):
-                if sign_kind(node) == "function":
+                kind = sign_kind(node)
+                if kind == "function":
                     args, kwargs = node.args, dict(node.kwargs)
+                elif kind == "module":
+                    with graph.inserting_before(node):
+                        child = graph.get_attr(node.target)
+                    args, kwargs = (child, *node.args), dict(node.kwargs)
                 else:
                     args, kwargs = (node.args[0],), {}
                 _replace(graph, node, lambda: graph.call_module(name, args, kwargs))  # noqa: B023
@@ -86,6 +91,8 @@ class FreezeSigns:
                     raise TypeError(f"{found.owner}.{name} is not a c-sign site")
                 with torch.no_grad():
                     args, kwargs = evaluate_args(node, module, cache)
+                    if sign_kind(node) == "module":
+                        args = (module.get_submodule(node.target), *args)
                     value = site.frozen_value(*args, **kwargs)
                 buffer = frozen_name(name)
                 if buffer not in module._buffers:

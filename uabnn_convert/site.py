@@ -53,11 +53,16 @@ class SignRecorder(TorchFunctionMode):
 
 
 class CSignSite(CSign):
-    """One site: c-sign state plus the original op it stands in for."""
+    """One site: c-sign state plus the original op it stands in for.
+
+    ``op`` is ``torch.sign`` for a plain sign, the Function's apply for a custom Function, and
+    None for a binarizing child module, which the owner's graph passes as the first argument
+    (so the module stays where it is, registered once, under its own name).
+    """
 
     def __init__(
         self,
-        op: Callable[..., Tensor],
+        op: Callable[..., Tensor] | None,
         shape: torch.Size,
         *,
         family: str = "generic",
@@ -75,8 +80,11 @@ class CSignSite(CSign):
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         if self.op is torch.sign:
             return super().forward(args[0])
+        op = self.op
+        if op is None:  # a binarizing child module, passed in by the owner's graph
+            op, *args = args
         with _SignSwap(self):
-            return self.op(*args, **kwargs)
+            return op(*args, **kwargs)
 
     @torch.no_grad()
     def frozen_value(self, *args: Any, **kwargs: Any) -> Tensor:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -71,14 +74,31 @@ class OwnForwardTracer(fx.Tracer):
         finally:
             torch.autograd.Function.apply = original
 
-    def trace_own(self, module: nn.Module) -> fx.Graph:
+    def trace_own(self, module: nn.Module, concrete: dict[str, None] | None = None) -> fx.Graph:
         self.parameter_proxies: dict[str, fx.Proxy] = {}
         _ACTIVE.append(self)
         try:
             with self._functions_as_calls():
-                return self.trace(module)
+                return self.trace(module, concrete_args=concrete or None)
         finally:
             _ACTIVE.pop()
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *a, **k):
+        """Sizes of weight-only values are answered with numbers, not proxies.
+
+        A weight's shape is fixed for the module, so ``torch.tensor([2] * bw.size(0))`` (the
+        official IR-Net spelling) traces instead of failing on a proxy.
+        """
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *a, **k)
+        node = proxy.node
+        if kind == "call_method" and target in ("size", "dim", "numel"):
+            inputs = _ancestors(node)
+            if not any(n.op == "placeholder" for n in inputs):
+                value = _concrete(node, self.root)
+                if value is not None:
+                    self.graph.erase_node(node)
+                    return value
+        return proxy
 
 
 _ACTIVE: list[OwnForwardTracer] = []
@@ -141,47 +161,153 @@ def shared_trace_patches() -> Iterator[None]:
             st._patch_wrapped_functions = wrapped
 
 
+# Optional arguments (default None) are traced both ways, up to this many of them.
+_MAX_OPTIONAL = 2
+
+
 @dataclass
 class OwnGraphs:
-    """The traced forward of one module, per mode (one graph when the modes agree)."""
+    """The traced forward of one module, one graph per variant.
 
-    train: fx.Graph
-    eval: fx.Graph | None  # None: the eval graph is the same as the training graph
+    A variant is ``(training, which optional arguments are None)``. Python-level branches on
+    ``self.training`` and on ``arg is None`` are decided at trace time, so each combination
+    is traced and the installed forward picks the matching graph at run time. Variants whose
+    code is identical share one graph.
+    """
+
+    variants: dict[tuple, fx.Graph]
+    optional: tuple[str, ...] = ()
+    signature: inspect.Signature | None = None
 
     def graphs(self) -> list[fx.Graph]:
-        return [self.train] if self.eval is None else [self.train, self.eval]
+        unique: dict[int, fx.Graph] = {}
+        for graph in self.variants.values():
+            unique.setdefault(id(graph), graph)
+        return list(unique.values())
+
+
+def _optional_arguments(module: nn.Module) -> tuple[inspect.Signature | None, tuple[str, ...]]:
+    try:
+        sig = inspect.signature(type(module).forward)
+    except (TypeError, ValueError):
+        return None, ()
+    names = tuple(
+        p.name
+        for p in list(sig.parameters.values())[1:]
+        if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+    return sig, names[:_MAX_OPTIONAL]
 
 
 def trace_module(module: nn.Module) -> OwnGraphs:
-    """Trace ``module``'s own forward in both modes, without changing the module.
+    """Trace ``module``'s own forward in every variant, without changing the module.
 
-    Constants that fx stows on the traced module are moved into non-persistent buffers by
-    :func:`adopt_constants` only when the graph is installed; here they are removed again.
+    Constants fx stows on the traced module are kept in ``node.meta`` and removed from the
+    module again; :func:`adopt_constants` gives them a home only when a graph is installed.
     """
+    sig, optional = _optional_arguments(module)
     was_training = module.training
     before = set(vars(module))
-    graphs = []
+    variants: dict[tuple, fx.Graph] = {}
+    by_code: dict[str, fx.Graph] = {}
     try:
         for mode in (True, False):
             object.__setattr__(module, "training", mode)
-            graphs.append(_trace_with_constants(module))
+            for nones in itertools.product((False, True), repeat=len(optional)):
+                concrete = {name: None for name, none in zip(optional, nones, strict=True) if none}
+                graph = _trace_with_constants(module, concrete)
+                graph = by_code.setdefault(_code(graph), graph)
+                variants[(mode, nones)] = graph
     finally:
         object.__setattr__(module, "training", was_training)
         for name in set(vars(module)) - before:
             delattr(module, name)
-    train, evl = graphs
-    same = _code(train) == _code(evl)
-    return OwnGraphs(train, None if same else evl)
+    return OwnGraphs(variants, optional, sig)
 
 
-def _trace_with_constants(module: nn.Module) -> fx.Graph:
+def _trace_with_constants(module: nn.Module, concrete: dict[str, None]) -> fx.Graph:
     """Trace and keep each stowed constant's value on the graph (``node.meta``)."""
     tracer = OwnForwardTracer()
-    graph = tracer.trace_own(module)
+    graph = tracer.trace_own(module, concrete)
     for node in graph.nodes:
         if node.op == "get_attr" and node.target.startswith("_tensor_constant"):
             node.meta["uabnn_constant"] = getattr(module, node.target)
     return graph
+
+
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    seen: dict[fx.Node, None] = {}
+    stack = list(node.all_input_nodes)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen[n] = None
+            stack.extend(n.all_input_nodes)
+    return list(seen)
+
+
+def _concrete(node: fx.Node, root: nn.Module) -> object | None:
+    """Evaluate a weight-only ``size``/``dim``/``numel`` node on the real tensors.
+
+    Chains through a child module are left symbolic: calling a module while tracing would
+    be traced again.
+    """
+    if any(n.op == "call_module" for n in _ancestors(node)):
+        return None
+    try:
+        with torch.no_grad():
+            return evaluate(node, root, {})
+    except Exception:
+        return None
+
+
+def evaluate(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> Any:
+    """Concrete value of a node whose ancestors are all parameters, buffers or constants."""
+    if node in cache:
+        return cache[node]
+    args, kwargs = evaluate_args(node, module, cache)
+    if node.op == "get_attr":
+        out = node.meta.get("uabnn_constant")
+        if out is None:
+            out = fetch_attr(module, node.target)
+    elif node.op == "call_function":
+        out = node.target(*args, **kwargs)
+    elif node.op == "call_method":
+        self_, *rest = args
+        out = getattr(self_, node.target)(*rest, **kwargs)
+    elif node.op == "call_module":
+        out = module.get_submodule(node.target)(*args, **kwargs)
+    else:
+        raise RuntimeError(f"cannot evaluate {node.op} node {node.name}")
+    cache[node] = out
+    return out
+
+
+def evaluate_args(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> tuple:
+    """Concrete ``(args, kwargs)`` of a weight-only node."""
+
+    def value(n: fx.Node) -> Any:
+        return evaluate(n, module, cache)
+
+    return fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
+
+
+def fetch_attr(module: nn.Module, target: str) -> Any:
+    """The attribute at a dotted path, read from the module's own dicts first: while a trace
+    is running ``nn.Module.__getattr__`` is patched to return proxies, not tensors."""
+    obj: Any = module
+    for part in target.split("."):
+        if isinstance(obj, nn.Module):
+            for store in ("_parameters", "_buffers", "_modules"):
+                found = obj.__dict__.get(store, {})
+                if part in found:
+                    obj = found[part]
+                    break
+            else:
+                obj = getattr(obj, part)
+        else:
+            obj = getattr(obj, part)
+    return obj
 
 
 def _code(graph: fx.Graph) -> str:
@@ -218,17 +344,26 @@ def install_forward(module: nn.Module, graphs: OwnGraphs, label: str) -> None:
     ``torch.fx``/``torch.export`` look up (they read ``type(root).forward``), and is undone by
     restoring ``__class__``.
     """
+    compiled: dict[int, Callable] = {}
     for graph in graphs.graphs():
         adopt_constants(module, graph)
         graph.lint()
-    train_fn = compile_forward(graphs.train, label)
-    if graphs.eval is None:
-        forward = train_fn
-    else:
-        eval_fn = compile_forward(graphs.eval, label)
+        compiled[id(graph)] = compile_forward(graph, label)
+    table = {key: compiled[id(graph)] for key, graph in graphs.variants.items()}
+    if len(compiled) == 1:
+        forward = next(iter(compiled.values()))
+    elif not graphs.optional:
 
         def forward(self, *args, **kwargs):
-            return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
+            return table[(self.training, ())](self, *args, **kwargs)
+
+    else:
+        sig, optional = graphs.signature, graphs.optional
+
+        def forward(self, *args, **kwargs):
+            bound = sig.bind(self, *args, **kwargs).arguments
+            nones = tuple(bound.get(name) is None for name in optional)
+            return table[(self.training, nones)](self, *args, **kwargs)
 
     base = original_class(module)
     module.__class__ = type(
