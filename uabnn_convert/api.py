@@ -11,7 +11,7 @@ from torch import nn
 from .config import ConvertConfig
 from .detect import scan
 from .report import Report
-from .rewrite import ConvertSigns, FreezeSigns, remove_sites
+from .rewrite import ConvertSigns, freeze_modules, remove_sites
 from .site import CSignSite
 from .tracing import is_rewritten
 
@@ -207,14 +207,5 @@ def freeze(model: nn.Module) -> nn.Module:
     if not any(True for _ in sites(model)):
         raise ConversionError(f"{_model_name(model)} has no c-sign site; call patch() first")
     frozen = copy.deepcopy(model).eval()
-    found, _ = scan(frozen)
-    transform = FreezeSigns()
-    for f in found:
-        f.sites = [s for s in f.sites if isinstance(getattr(f.module, s.name, None), CSignSite)]
-        f.nodes = {n: name for n, name in f.nodes.items() if name in {s.name for s in f.sites}}
-        if f.sites:
-            transform.apply(f)
-    leftover = [name for name, _ in sites(frozen)]
-    if leftover:
-        raise ConversionError(f"could not freeze site(s) {leftover}")
+    freeze_modules(frozen)
     return frozen

@@ -177,6 +177,28 @@ FREEZE_HELP = (
     "at 1 bit each. Example:\n\n"
     "[cyan]uabnn-convert freeze model.uabnn.pt -o model.frozen.pt[/cyan]"
 )
+SUMMARY_HELP = (
+    "Binary-aware summary of MODEL, like larq.models.summary: per layer the parameters by "
+    "precision, memory at deployment (1-bit weights at 1/8 byte), and multiply-accumulates "
+    "split into binary and float. Example:\n\n"
+    "[cyan]uabnn-convert summary model.uabnn.pt --input-size 3,224,224[/cyan]"
+)
+EXPORT_HELP = (
+    "Export a converted file to ONNX: frozen and folded first, checked with onnx.checker "
+    "(needs the 'export' extra). Example:\n\n"
+    "[cyan]uabnn-convert export model.uabnn.pt -o model.onnx --input-size 1,8,8[/cyan]"
+)
+FINETUNE_HELP = (
+    "Fine-tune as RECIPE says (a YAML file or a bundled name), with checkpoints that carry the "
+    "c-sign state and resume exactly. Example:\n\n"
+    "[cyan]uabnn-convert finetune digits[/cyan]\n"
+    "[cyan]uabnn-convert finetune cifar10_wrn22_16 --data ~/data/cifar[/cyan]"
+)
+DEMO_HELP = (
+    "Train a sign BNN on scikit-learn's digits, convert it, fine-tune sign vs c-sign, compare, "
+    "and resume exactly. Nothing is downloaded. Example:\n\n"
+    "[cyan]uabnn-convert demo --out runs/demo[/cyan]"
+)
 
 
 app = typer.Typer(
@@ -432,11 +454,20 @@ def freeze_command(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     trust_code: TrustCodeOpt = False,
+    packed: Annotated[
+        bool,
+        typer.Option(
+            "--packed",
+            help="Write the deployable model with binary weights packed 8 per byte "
+            "(safetensors, no pickle; default output model.packed.safetensors).",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild a converted file, ``uc.freeze`` it, write it with the same record."""
     kwargs = parse_arch_kwargs(arch_kwarg)
     src = _input_path(model)
-    dst = _output_path(src, output, ".frozen.pt", force)
+    suffix = ".packed.safetensors" if packed else ".frozen.pt"
+    dst = _output_path(src, output, suffix, force)
     file = uio.read(src)
     if file.kind != "converted":
         what = "already frozen" if file.kind == "frozen" else f"a plain {file.kind}"
@@ -448,6 +479,9 @@ def freeze_command(
     net = uio.rebuild(
         file, arch=arch, arch_kwargs=kwargs if arch_kwarg else None, trust_code=trust_code
     )
+    if packed:
+        _write_packed(net, file, dst, arch, kwargs if arch_kwarg else None, src, json_out)
+        return
     from .api import freeze
 
     frozen = freeze(net)
@@ -462,6 +496,144 @@ def freeze_command(
     }
     summary = f"wrote {dst} ({_size(dst.stat().st_size)}): {_packed_text(report)}"
     _emit(json_out, meta, report, [], [report], summary)
+
+
+def _write_packed(
+    net: Any,
+    file: uio.ModelFile,
+    dst: Path,
+    arch: str | None,
+    arch_kwargs: Mapping[str, Any] | None,
+    src: Path,
+    json_out: bool,
+) -> None:
+    from .export import export_packed, packed_report
+
+    record_arch = arch or file.record.get("arch")
+    record_kwargs = arch_kwargs if arch_kwargs is not None else file.record.get("arch_kwargs")
+    export_packed(net, dst, arch=record_arch, arch_kwargs=record_kwargs)
+    report = packed_report(dst)
+    float_bytes = report.total["bytes"]
+    meta = {"command": "freeze", "input": str(src), "output": str(dst), "packed": True}
+    summary = (
+        f"wrote {dst} ({_size(dst.stat().st_size)}; the same tensors in float take "
+        f"{_size(float_bytes)}, {float_bytes / max(1, dst.stat().st_size):.1f}x more)"
+    )
+    _emit(json_out, meta, report, [], [report], summary)
+
+
+@app.command("summary", help=SUMMARY_HELP)
+def summary_command(
+    model: ModelArg,
+    input_size: Annotated[
+        str | None,
+        typer.Option(
+            "--input-size",
+            metavar="C,H,W",
+            help="Input size without the batch (default: the model's pretrained_cfg).",
+        ),
+    ] = None,
+    arch: ArchOpt = None,
+    arch_kwarg: ArchKwargOpt = None,
+    json_out: JsonOpt = False,
+    trust_pickle: TrustPickleOpt = False,
+    trust_code: TrustCodeOpt = False,
+) -> None:
+    """Per layer: parameters by precision, memory at deployment, binary vs float MACs."""
+    from .summary import summary
+
+    net = _model_for(model, arch, arch_kwarg, trust_pickle, trust_code)
+    size = _input_size(input_size, net)
+    report = summary(net, size)
+    meta = {"command": "summary", "input": str(model), "input_size": list(size)}
+    _emit(json_out, meta, report, [], [report], _summary_line(report))
+
+
+@app.command("export", help=EXPORT_HELP)
+def export_command(
+    model: ModelArg,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", metavar="OUT", show_default=False, help="ONNX file to write."
+        ),
+    ] = None,
+    input_size: Annotated[
+        str | None,
+        typer.Option("--input-size", metavar="C,H,W", help="Input size without the batch."),
+    ] = None,
+    arch: ArchOpt = None,
+    arch_kwarg: ArchKwargOpt = None,
+    force: ForceOpt = False,
+    trust_code: TrustCodeOpt = False,
+) -> None:
+    """Export a converted file to ONNX (frozen and folded first), checked with onnx.checker."""
+    from .export import export_onnx
+
+    src = _input_path(model)
+    dst = _output_path(src, output, ".onnx", force)
+    net = _model_for(model, arch, arch_kwarg, False, trust_code)
+    export_onnx(net, dst, _input_size(input_size, net))
+    typer.echo(f"wrote {dst} ({_size(dst.stat().st_size)})")
+
+
+def _model_for(
+    model: Path,
+    arch: str | None,
+    arch_kwarg: list[str] | None,
+    trust_pickle: bool,
+    trust_code: bool,
+) -> Any:
+    """The model a file holds: a packed export, a converted or frozen file, or a checkpoint."""
+    from .export import is_packed_file, load_packed
+
+    kwargs = parse_arch_kwargs(arch_kwarg)
+    src = _input_path(model)
+    if is_packed_file(src):
+        return load_packed(src, arch=arch, arch_kwargs=kwargs or None, trust_code=trust_code)
+    file = uio.read(src, trust_pickle=trust_pickle)
+    if file.kind in ("state_dict", "module"):
+        return uio.model_from(file, arch, kwargs)[0]
+    return uio.rebuild(
+        file, arch=arch, arch_kwargs=kwargs if arch_kwarg else None, trust_code=trust_code
+    )
+
+
+def _input_size(text: str | None, net: Any) -> tuple[int, ...]:
+    if text is None:
+        cfg = getattr(net, "pretrained_cfg", None) or {}
+        if "input_size" in cfg:
+            return tuple(int(v) for v in cfg["input_size"])
+        raise CliError("give --input-size C,H,W (the model does not record one)")
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError as e:
+        raise CliError(f"--input-size {text!r} is not C,H,W (integers)") from e
+    if not size or any(v <= 0 for v in size):
+        raise CliError(f"--input-size {text!r} must be positive integers C,H,W")
+    return size
+
+
+def _summary_line(report: Report) -> str:
+    total = report.total
+    keys = ("compression_ratio", "binary_mac_fraction")
+    parts = [f"{k}={total[k]:.3g}" for k in keys if k in total]
+    return "summary: " + ", ".join(parts) if parts else "summary"
+
+
+def _mount_optional_commands() -> None:
+    """Commands that live in their own modules: fine-tuning (the harness) and the demo."""
+    from .train.command import finetune_command
+
+    app.command("finetune", help=FINETUNE_HELP)(finetune_command)
+    try:
+        from .demo import demo_command
+    except ImportError:
+        return
+    app.command("demo", help=DEMO_HELP)(demo_command)
+
+
+_mount_optional_commands()
 
 
 # ------------------------------------------------------------------------------ parsing

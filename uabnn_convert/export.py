@@ -52,7 +52,6 @@ error. Writes are atomic (temporary file in the target directory, then ``os.repl
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import importlib
@@ -61,7 +60,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,12 +72,13 @@ from torch import Tensor, nn
 
 from . import __version__
 from .api import ConversionError, patch, sites
-from .detect import ModuleSites, scan
+from .atomic import atomic_path, atomic_write_bytes
+from .detect import ModuleSites
 from .io import CheckpointError, build_arch
 from .report import Report
-from .rewrite import FreezeSigns, frozen_name
+from .rewrite import freeze_modules, frozen_name
 from .site import CSignSite
-from .tracing import install_forward
+from .tracing import evaluate, install_forward
 
 FORMAT = "uabnn-packed"
 FORMAT_VERSION = 1
@@ -165,18 +164,7 @@ def _deploy(model: nn.Module, *, copy_model: bool) -> tuple[nn.Module, dict[str,
     key derived from a site, the names of those sites."""
     frozen = copy.deepcopy(model) if copy_model else model
     frozen.eval()
-    found, _ = scan(frozen)
-    transform = FreezeSigns()
-    frozen_modules: list[ModuleSites] = []
-    for f in found:
-        f.sites = [s for s in f.sites if isinstance(getattr(f.module, s.name, None), CSignSite)]
-        f.nodes = {n: name for n, name in f.nodes.items() if name in {s.name for s in f.sites}}
-        if f.sites:
-            transform.apply(f)
-            frozen_modules.append(f)
-    leftover = [name for name, _ in sites(frozen)]
-    if leftover:
-        raise ConversionError(f"could not freeze site(s) {leftover}")
+    frozen_modules = freeze_modules(frozen)
     derived: dict[str, list[str]] = {}
     for f in frozen_modules:
         for name, site_names in _fold(f).items():
@@ -243,7 +231,7 @@ def _fold_graph(
                 derived[str(node.target)] = sorted(origin[node])
             continue
         with torch.no_grad():
-            value = _evaluate(node, module, cache)
+            value = evaluate(node, module, cache)
         if not isinstance(value, Tensor):
             continue  # a Python value: its inputs stay, as they are
         name = f"{prefix}{node.name}"
@@ -255,29 +243,6 @@ def _fold_graph(
             derived[name] = sorted(origin[node])
     graph.eliminate_dead_code()
     return derived
-
-
-def _evaluate(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> Any:
-    """Concrete value of a node computed from attributes only, by the graph's own ops."""
-    if node in cache:
-        return cache[node]
-
-    def value(arg: Any) -> Any:
-        return fx.node.map_arg(arg, lambda n: _evaluate(n, module, cache))
-
-    if node.op == "get_attr":
-        out: Any = module
-        for part in str(node.target).split("."):
-            out = getattr(out, part)
-    elif node.op == "call_function":
-        out = node.target(*value(node.args), **value(node.kwargs))
-    elif node.op == "call_method":
-        self_, *rest = value(node.args)
-        out = getattr(self_, node.target)(*rest, **value(node.kwargs))
-    else:
-        raise RuntimeError(f"cannot evaluate {node.op} node {node.name}")
-    cache[node] = out
-    return out
 
 
 # ------------------------------------------------------------------------------- bit packing
@@ -502,7 +467,7 @@ def export_packed(
 
     text = json.dumps(header, separators=(",", ":"))
     data = save(tensors, metadata={METADATA_KEY: text})
-    return _atomic_write(data, dst)
+    return atomic_write_bytes(data, dst)
 
 
 def _pack_exactly(
@@ -532,24 +497,6 @@ def _output_path(path: str | os.PathLike[str]) -> Path:
         raise ExportError(f"cannot write {dst}: directory {parent} {what}", usage=True)
     if dst.is_dir():
         raise ExportError(f"cannot write {dst}: it is a directory; give a file name", usage=True)
-    return dst
-
-
-def _atomic_write(data: bytes, dst: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return dst
 
 
@@ -820,29 +767,27 @@ def export_onnx(
     example = torch.randn(1, *input_size, dtype=_float_dtype(net))
     modes = {m: m.training for m in net.modules()}
     net.eval()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp.onnx", dir=dst.parent)
-    os.close(fd)
     errors = []
     try:
-        for exporter in exporters:
+        with atomic_path(dst, suffix=".tmp.onnx") as tmp:
+            for exporter in exporters:
+                try:
+                    _onnx_export(net, example, str(tmp), dynamo=exporter, opset=opset)
+                    break
+                except Exception as e:
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    errors.append(f"dynamo={exporter}: {type(e).__name__}: {first}")
+            else:
+                raise ExportError(
+                    f"ONNX export of {type(net).__name__} failed ({'; '.join(errors)})"
+                )
             try:
-                _onnx_export(net, example, tmp, dynamo=exporter, opset=opset)
-                break
+                onnx.checker.check_model(str(tmp), full_check=True)
             except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                errors.append(f"dynamo={exporter}: {type(e).__name__}: {first}")
-        else:
-            raise ExportError(f"ONNX export of {type(net).__name__} failed ({'; '.join(errors)})")
-        try:
-            onnx.checker.check_model(tmp, full_check=True)
-        except Exception as e:
-            raise ExportError(f"the exported ONNX model does not pass onnx.checker: {e}") from e
-        os.replace(tmp, dst)
+                raise ExportError(f"the exported ONNX model does not pass onnx.checker: {e}") from e
     finally:
         for m, mode in modes.items():
             m.training = mode
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
     return dst
 
 

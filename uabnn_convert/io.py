@@ -30,7 +30,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ from torch import nn
 
 from . import __version__
 from .api import ConversionError, freeze, patch, sites
+from .atomic import atomic_save
 from .rewrite import frozen_name
 
 FORMAT = "uabnn-convert"
@@ -569,40 +569,6 @@ def load(
 
 
 # ------------------------------------------------------------------------------------ writing
-
-
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``.
-
-    A crash or Ctrl-C at any point leaves either the old file or the complete new one, never a
-    partial file; the temporary file is removed on any error.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _check_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .detect import ModuleSites, sign_kind
+from .detect import ModuleSites, scan, sign_kind
 from .site import CSignSite
 from .tracing import evaluate_args, install_forward, restore_class
 
@@ -101,6 +101,26 @@ class FreezeSigns:
         for spec in found.sites:
             delattr(module, spec.name)
         install_forward(module, found.graphs, found.owner or "<root>")
+
+
+def freeze_modules(model: nn.Module) -> list[ModuleSites]:
+    """Apply :class:`FreezeSigns` to every converted module of ``model``, in place.
+
+    Returns the frozen modules with their rewritten graphs (export folds them further).
+    """
+    found, _ = scan(model)
+    transform = FreezeSigns()
+    frozen: list[ModuleSites] = []
+    for f in found:
+        f.sites = [s for s in f.sites if isinstance(getattr(f.module, s.name, None), CSignSite)]
+        f.nodes = {n: name for n, name in f.nodes.items() if name in {s.name for s in f.sites}}
+        if f.sites:
+            transform.apply(f)
+            frozen.append(f)
+    leftover = [name for name, m in model.named_modules() if isinstance(m, CSignSite)]
+    if leftover:
+        raise RuntimeError(f"could not freeze c-sign site(s) {leftover}")
+    return frozen
 
 
 def frozen_name(site_name: str) -> str:

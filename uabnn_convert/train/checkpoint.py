@@ -13,10 +13,8 @@ file or the complete new one, never a truncated checkpoint under a real name.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_save as _atomic_save
+from ..atomic import atomic_write_text as _atomic_write_text
 from .errors import ResumeError
 
 FORMAT = "uabnn_convert.train/1"
@@ -37,36 +37,12 @@ def step_path(run_dir: Path, step: int) -> Path:
 
 
 def atomic_save(obj: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` to ``path`` via temp file + fsync + rename; no partial file on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(obj), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    """``torch.save`` a checkpoint atomically, creating its directory if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(dict(obj), path)
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Replace a text file atomically (used to rewrite the JSONL log on resume)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+atomic_write_text = _atomic_write_text
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -157,16 +133,3 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
