@@ -623,13 +623,10 @@ def _summary_line(report: Report) -> str:
 
 def _mount_optional_commands() -> None:
     """Commands that live in their own modules: fine-tuning (the harness) and the demo."""
+    from .demo import demo_command
     from .train.command import finetune_command
 
     app.command("finetune", help=FINETUNE_HELP)(finetune_command)
-    try:
-        from .demo import demo_command
-    except ImportError:
-        return
     app.command("demo", help=DEMO_HELP)(demo_command)
 
 

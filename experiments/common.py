@@ -1,0 +1,209 @@
+"""What both experiment scripts need: one harness run, per-seed initial models, statistics,
+tables (rich and markdown) and result files.
+
+Every run goes through the fine-tuning harness (``uabnn_convert.train.finetune``) with the
+bundled recipes, so an experiment measures exactly what a user's ``finetune`` run would do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from uabnn_convert.demo import epoch_curve, run_summary, state_hash, step_callback
+from uabnn_convert.train import finetune, load_recipe
+from uabnn_convert.train.recipe import parse_assignment
+
+DATASETS = ("digits", "cifar10", "cifar100")
+
+
+def recipe_for(data: str, wrn: int) -> str:
+    """The bundled recipe of a data set: digits, or the paper's WRN-22 for CIFAR."""
+    if data not in DATASETS:
+        raise ValueError(f"--data {data!r}: use one of {', '.join(DATASETS)}")
+    if data == "digits":
+        return "digits"
+    if wrn not in (16, 64):
+        raise ValueError(f"--wrn {wrn}: WRN-22 recipes exist for widths 16 and 64")
+    return f"{data}_wrn22_{wrn}"
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["optim.lr=0.01", ...]`` to a dict of recipe overrides (values read as YAML)."""
+    return dict(parse_assignment(item) for item in items)
+
+
+def make_init(recipe: str, seed: int, path: Path) -> str:
+    """Build the recipe's *unconverted* model from ``seed`` and save its state_dict.
+
+    Both the sign and the c-sign run of a seed start from this file (recipe key
+    ``model.init``), so they share the initial model by construction. Returns its hash.
+    """
+    import timm
+
+    import uabnn_convert.zoo  # noqa: F401  (registers the zoo's models with timm)
+    from uabnn_convert.train.harness import seed_everything
+
+    rec = load_recipe(recipe)
+    seed_everything(seed)
+    model = timm.create_model(rec.model.arch, pretrained=False, **rec.model.kwargs)
+    sd = model.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    return state_hash(sd)
+
+
+def run_one(
+    recipe: str,
+    *,
+    out: Path,
+    seed: int,
+    init: Path,
+    sign: bool,
+    progress: Progress,
+    name: str,
+    csign: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    data_dir: Path | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """One harness run from ``init``; its summary and per-epoch curve."""
+    merged = {
+        "seed": seed,
+        "model.init": str(init.resolve()),
+        "log.plot": False,
+        "log.keep_last": 1,
+        **{f"csign.{k}": v for k, v in (csign or {}).items()},
+        **dict(overrides or {}),
+    }
+    task = progress.add_task("", total=None, name=name)
+    t0 = time.perf_counter()
+    result = finetune(
+        recipe,
+        data=data_dir,
+        out=out,
+        sign_baseline=sign,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        overrides=merged,
+        progress=False,
+        callbacks=[step_callback(progress, task)],
+    )
+    progress.remove_task(task)
+    return {
+        "seed": seed,
+        "run_dir": str(out),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "summary": run_summary(result.history),
+        "curve": epoch_curve(result.history),
+        "state_sha256": state_hash(result.model.state_dict()),
+    }
+
+
+@contextlib.contextmanager
+def runs_directory(runs: Path | None) -> Iterator[Path]:
+    """``runs`` (kept), or a temporary directory removed at the end (checkpoints are big)."""
+    if runs is not None:
+        runs.mkdir(parents=True, exist_ok=True)
+        yield runs
+        return
+    with tempfile.TemporaryDirectory(prefix="uabnn-exp-") as tmp:
+        yield Path(tmp)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the deviation of one value is 0."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std", "n"}`` of ``values`` for the JSON results."""
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def pm(values: Sequence[float], spec: str = ".2f") -> str:
+    """``mean ± std`` of ``values`` formatted with ``spec``."""
+    mean, std = mean_std(values)
+    return f"{mean:{spec}} ± {std:{spec}}"
+
+
+def rich_table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], caption: str = ""
+) -> Table:
+    """A rich table of pre-formatted cells; the first column left-aligned, the rest right."""
+    table = Table(title=title, header_style="bold", caption=caption or None)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same cells as a GitHub markdown table."""
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(headers))) + " |",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    """How this script was started (``python -m experiments.NAME ...``), for the result files."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    head = ["python", "-m", name] if name.startswith("experiments.") else ["python", sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
+
+
+def write_results(
+    results: Path, stem: str, data: Mapping[str, Any], markdown: str
+) -> tuple[Path, Path]:
+    """``<results>/<stem>.json`` and ``<results>/<stem>.md``."""
+    results.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results / f"{stem}.json", results / f"{stem}.md"
+    json_path.write_text(json.dumps(_finite(data), indent=2) + "\n")
+    md_path.write_text(markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def wide_console() -> Console:
+    """A console that does not wrap the tables when output goes to a file or a pipe."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)
+    return console

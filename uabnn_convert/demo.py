@@ -1,0 +1,591 @@
+"""``uabnn-convert demo``: the whole story on scikit-learn's digits, in about a minute on a CPU.
+
+1. An *existing* BNN: the zoo's tiny Bi-Real network trained with plain ``sign`` in an ordinary
+   loop (no c-sign anywhere), saved as a state_dict ``model.pt`` — what a user already has.
+2. Conversion through the command line's own code: the typer app is invoked in-process with
+   ``model.pt --m 2 --delta 0.1 --arch bireal_digits``, exactly what the shell command runs.
+3. Two fine-tunes with the harness from that same checkpoint (recipe key ``model.init``) and
+   the same seed: the sign baseline (``delta = 1``, which is exactly sign) and c-sign.
+4. A table (test accuracy, flip rate, vetoed flips, Σ f̂) and a PNG of flip rate and accuracy
+   per epoch.
+5. The c-sign run resumed from a mid-epoch checkpoint into a fresh directory: its final
+   state_dict (weights, optimizer-driven c-sign state, BatchNorm statistics) is compared by
+   SHA-256 with the uninterrupted run's.
+
+Nothing is downloaded; everything is written to one run directory, named at the end.
+The helpers :func:`epoch_curve`, :func:`run_summary`, :func:`state_hash` and
+:func:`plot_epochs` are shared with ``experiments/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+ARCH = "bireal_digits"
+RECIPE = "digits"
+DEFAULT_EPOCHS = 10
+DEFAULT_SEED = 0
+PRETRAIN_LR = 1e-3
+PRETRAIN_BATCH = 64
+CONVERT_ARGS = ("--m", "2", "--delta", "0.1")
+PLOT_NAME = "flip_rate_accuracy.png"
+SUMMARY_NAME = "summary.json"
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _counted_updates(history: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
+    """Each train record with the number of updates its flip counters cover.
+
+    The harness logs flips over the steps since the previous log point; the very first update
+    of a fresh c-sign state only initialises it (there is no earlier sign to flip from), so it
+    is not counted. Every run here starts from a fresh state (``model.init`` is a plain
+    state_dict), hence the ``- 1`` on the first interval.
+    """
+    out = []
+    previous = 0
+    for rec in history:
+        if rec.get("kind") != "train":
+            continue
+        n = rec["step"] - previous - (1 if previous == 0 else 0)
+        out.append((rec, max(n, 0)))
+        previous = rec["step"]
+    return out
+
+
+def _weighted(pairs: Sequence[tuple[Mapping[str, Any], int]], key: str) -> float:
+    total = sum(n for _, n in pairs)
+    if total == 0:
+        return 0.0
+    return sum(rec[key] * n for rec, n in pairs) / total
+
+
+def epoch_curve(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch of a harness run: flip and veto rates per update, flips, test accuracy, Σ f̂.
+
+    Rates are exact per-update averages over the epoch (log intervals weighted by the updates
+    they cover), so they do not depend on how often the run logged.
+    """
+    counted = _counted_updates(history)
+    evals = {r["epoch"]: r for r in history if r.get("kind") == "eval"}
+    epochs = sorted({rec["epoch"] for rec, _ in counted})
+    curve = []
+    for e in epochs:
+        pairs = [(rec, n) for rec, n in counted if rec["epoch"] == e]
+        curve.append(
+            {
+                "epoch": e + 1,
+                "flip_rate": _weighted(pairs, "flip_rate"),
+                "vetoed_rate": _weighted(pairs, "vetoed_rate"),
+                "flips": sum(rec["flips"] for rec, _ in pairs),
+                "vetoed": sum(rec["vetoed"] for rec, _ in pairs),
+                "uncertainty": pairs[-1][0]["uncertainty"],
+                "val_top1": evals[e]["val_top1"] if e in evals else math.nan,
+            }
+        )
+    return curve
+
+
+def run_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One run in numbers: final test accuracy, mean and last-epoch flip rate, flips, Σ f̂."""
+    counted = _counted_updates(history)
+    evals = [r for r in history if r.get("kind") == "eval"]
+    curve = epoch_curve(history)
+    return {
+        "test_top1": evals[-1]["val_top1"] if evals else math.nan,
+        "test_loss": evals[-1]["val_loss"] if evals else math.nan,
+        "mean_flip_rate": _weighted(counted, "flip_rate"),
+        "mean_vetoed_rate": _weighted(counted, "vetoed_rate"),
+        "last_epoch_flip_rate": curve[-1]["flip_rate"] if curve else math.nan,
+        "flips": sum(rec["flips"] for rec, _ in counted),
+        "vetoed": sum(rec["vetoed"] for rec, _ in counted),
+        "uncertainty": counted[-1][0]["uncertainty"] if counted else math.nan,
+        "updates": counted[-1][0]["step"] if counted else 0,
+    }
+
+
+def state_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every key, dtype, shape and raw byte of a state_dict (order-independent)."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def plot_epochs(
+    series: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    path: str | Path,
+    title: str = "",
+    start_top1: float | None = None,
+) -> Path:
+    """A PNG of flip rate (log scale) and test accuracy per epoch, one colour per label.
+
+    ``series`` maps a label ("sign", "c-sign") to one :func:`epoch_curve` per seed; with
+    several seeds the line is the mean and the band the min–max spread over seeds.
+    ``start_top1`` (the accuracy before fine-tuning) is drawn at epoch 0.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_flip, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for i, (label, curves) in enumerate(series.items()):
+        color = f"C{i}"
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        epochs = [p["epoch"] for p in curves[0][:length]]
+        for ax, key in ((ax_flip, "flip_rate"), (ax_acc, "val_top1")):
+            values = np.array([[p[key] for p in c[:length]] for c in curves], dtype=float)
+            xs, mean = list(epochs), values.mean(axis=0)
+            if key == "val_top1" and start_top1 is not None:
+                xs, mean = [0, *xs], np.concatenate([[start_top1], mean])
+            seeds = f" (mean of {len(curves)} seeds)" if len(curves) > 1 else ""
+            ax.plot(xs, mean, color=color, marker="o", ms=3, label=f"{label}{seeds}")
+            if len(curves) > 1:
+                ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.2)
+    ax_flip.set(xlabel="epoch", ylabel="flips per weight per update", title="weight flip rate")
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
+    if any(p["flip_rate"] > 0 for curves in series.values() for c in curves for p in c):
+        ax_flip.set_yscale("log")
+    for ax in (ax_flip, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def new_progress(console: Console) -> Progress:
+    """The progress bar layout the demo and the experiments share."""
+    return Progress(
+        TextColumn("[bold]{task.fields[name]:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    )
+
+
+def step_callback(progress: Progress, task: TaskID) -> Callable[[Any], None]:
+    """A harness callback that moves ``task`` to the current step and shows loss and flips."""
+
+    def update(state: Any) -> None:
+        train = next((r for r in reversed(state.history) if r["kind"] == "train"), None)
+        text = f"loss {train['loss']:.3f}  flip rate {train['flip_rate']:.2e}" if train else ""
+        progress.update(task, completed=state.step, total=state.target_steps, description=text)
+
+    return update
+
+
+# ----------------------------------------------------------------------------- the demo
+@dataclass
+class RunResult:
+    """One fine-tune of the demo: where it is, its numbers per epoch and in total."""
+
+    label: str
+    run_dir: Path
+    summary: dict[str, Any]
+    curve: list[dict[str, Any]]
+    state_hash: str
+
+
+@dataclass
+class DemoResult:
+    """Everything the demo produced; ``run_dir`` holds all of its files."""
+
+    run_dir: Path
+    model_path: Path
+    converted_path: Path
+    pretrain: list[dict[str, Any]]
+    sign: RunResult
+    csign: RunResult
+    resumed: RunResult
+    resumed_from: Path
+    resume_identical: bool
+    history_identical: bool
+    plot: Path
+    summary_path: Path
+    seconds: float
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _run_dir(out: Path | None) -> Path:
+    """``out`` if new or empty; otherwise ``runs/demo-<time>`` — never mixes with old files."""
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"demo-{stamp}"
+        n = 1
+        while out.exists():
+            n += 1
+            out = Path("runs") / f"demo-{stamp}-{n}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"--out {out} already exists and is not an empty directory; choose a new one"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _pretrain(
+    epochs: int, seed: int, progress: Progress
+) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """Train the plain-sign BNN as a user's own script would: Adam, shuffled mini-batches."""
+    import timm
+
+    import uabnn_convert.zoo  # noqa: F401  (registers the zoo's models with timm)
+    from uabnn_convert.zoo import digits_data
+
+    torch.manual_seed(seed)
+    x_train, y_train, x_test, y_test = digits_data()
+    model = timm.create_model(ARCH, num_classes=10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=PRETRAIN_LR)
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = len(y_train) // PRETRAIN_BATCH
+    task = progress.add_task("", total=epochs * per_epoch, name="1 train (sign)")
+    log = []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(y_train), generator=generator)
+        total = 0.0
+        for b in range(per_epoch):
+            idx = order[b * PRETRAIN_BATCH : (b + 1) * PRETRAIN_BATCH]
+            loss = torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            progress.update(task, advance=1, description=f"loss {float(loss.detach()):.3f}")
+        model.eval()
+        with torch.no_grad():
+            top1 = 100.0 * float((model(x_test).argmax(1) == y_test).float().mean())
+        log.append({"epoch": epoch + 1, "loss": total / per_epoch, "test_top1": top1})
+        progress.update(task, description=f"loss {total / per_epoch:.3f}  test {top1:.1f}%")
+    return model, log
+
+
+def _convert(model_path: Path, console: Console) -> Path:
+    """Run ``uabnn-convert MODEL --m 2 --delta 0.1 --arch bireal_digits`` in this process."""
+    from .cli import app
+
+    args = [str(model_path), *CONVERT_ARGS, "--arch", ARCH]
+    console.print(f"[bold]2 convert[/]  $ uabnn-convert {' '.join(args)}")
+    code = app(args, prog_name="uabnn-convert", standalone_mode=False)
+    if code:
+        raise RuntimeError(f"uabnn-convert {' '.join(args)} failed with exit status {code}")
+    return model_path.with_name(model_path.name.removesuffix(".pt") + ".uabnn.pt")
+
+
+def _check_converted(model_path: Path, converted: Path) -> None:
+    """The converted file must be ``model.pt`` plus a fresh c-sign state: the same start."""
+    from . import io as uio
+
+    original = torch.load(model_path, map_location="cpu", weights_only=True)
+    file = uio.read(converted)
+    sd = file.state_dict or {}
+    differ = [k for k, v in original.items() if k not in sd or not torch.equal(sd[k], v)]
+    used = [k for k, v in sd.items() if k.endswith("num_updates") and int(v) != 0]
+    if differ or used or file.record["settings"]["delta"] != 0.1:
+        raise RuntimeError(
+            f"{converted} is not model.pt plus a fresh c-sign state "
+            f"(differing {differ[:3]}, updated sites {used[:3]})"
+        )
+
+
+def _finetune(
+    label: str,
+    run_dir: Path,
+    overrides: Mapping[str, Any],
+    progress: Progress,
+    name: str,
+    *,
+    sign: bool = False,
+    resume: Path | None = None,
+) -> RunResult:
+    from .train import finetune
+
+    task = progress.add_task("", total=None, name=name)
+    result = finetune(
+        RECIPE,
+        out=run_dir,
+        resume=resume,
+        sign_baseline=sign,
+        overrides=dict(overrides),
+        progress=False,
+        callbacks=[step_callback(progress, task)],
+    )
+    return RunResult(
+        label,
+        run_dir,
+        run_summary(result.history),
+        epoch_curve(result.history),
+        state_hash(result.model.state_dict()),
+    )
+
+
+def _mid_step(total: int, per_epoch: int) -> int:
+    """A checkpoint step near the middle of the run and inside an epoch (the harder resume)."""
+    mid = max(1, total // 2)
+    if mid % per_epoch == 0 and per_epoch > 1:
+        mid += per_epoch // 2
+    return min(mid, max(1, total - 1))
+
+
+def _strip_time(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in history]
+
+
+def comparison_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """The sign vs c-sign table: accuracy, flip rates, flips, vetoed flips, Σ f̂."""
+    table = Table(title=title, header_style="bold")
+    for col in (
+        "run",
+        "test acc (%)",
+        "mean flip rate",
+        "last-epoch flip rate",
+        "flips",
+        "vetoed flips",
+        "Σ f̂ (end)",
+    ):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in rows:
+        table.add_row(
+            r["run"],
+            f"{r['test_top1']:.2f}",
+            f"{r['mean_flip_rate']:.3e}",
+            f"{r['last_epoch_flip_rate']:.3e}",
+            f"{r['flips']:,}",
+            f"{r['vetoed']:,}",
+            f"{r['uncertainty']:.1f}",
+        )
+    return table
+
+
+def run_demo(
+    out: Path | None = None,
+    seed: int = DEFAULT_SEED,
+    epochs: int = DEFAULT_EPOCHS,
+    console: Console | None = None,
+) -> DemoResult:
+    """Run the five steps of the module docstring; return what they produced.
+
+    ``epochs`` is the length of the sign pre-training and of each fine-tune. Raises
+    ``FileExistsError`` for a non-empty ``out`` and ``RuntimeError`` if a step fails its check.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} must be >= 1")
+    console = console or Console()
+    t0 = time.perf_counter()
+    run_dir = _run_dir(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 29k-parameter model is fastest on one thread
+    try:
+        return _demo(run_dir, seed, epochs, console, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) -> DemoResult:
+    from .train.checkpoint import step_path
+    from .train.recipe import load_recipe
+    from .zoo import digits_data
+
+    console.print(
+        f"[bold]uabnn-convert demo[/]: scikit-learn digits (8x8, bundled), {ARCH}, "
+        f"seed {seed}, {epochs} epochs per stage; run directory {run_dir}"
+    )
+    with new_progress(console) as progress:
+        model, pretrain = _pretrain(epochs, seed, progress)
+    model_path = run_dir / "model.pt"
+    torch.save(model.state_dict(), model_path)
+    console.print(
+        f"[bold]1 train[/]    plain-sign BNN, test accuracy {pretrain[-1]['test_top1']:.2f}%: "
+        f"saved its state_dict to {model_path}"
+    )
+
+    converted = _convert(model_path, console)
+    _check_converted(model_path, converted)
+    console.print(
+        f"           {converted.name} = {model_path.name} + a fresh c-sign state (checked "
+        "tensor by tensor); both fine-tunes start from these weights (recipe key model.init)"
+    )
+
+    recipe = load_recipe(RECIPE)
+    per_epoch = len(digits_data()[1]) // recipe.data.batch_size
+    total = epochs * per_epoch
+    mid = _mid_step(total, per_epoch)
+    overrides = {
+        "seed": seed,
+        "train.epochs": epochs,
+        "model.init": str(model_path.resolve()),
+        "log.plot": False,
+        "log.keep_last": epochs + 3,
+        "log.checkpoint_every_steps": mid,
+    }
+    console.print(
+        f"[bold]3 fine-tune[/] recipe {RECIPE}: {total} steps each, same checkpoint, seed {seed}"
+    )
+    with new_progress(console) as progress:
+        sign = _finetune("sign", run_dir / "sign", overrides, progress, "3 sign", sign=True)
+        csign = _finetune("c-sign", run_dir / "csign", overrides, progress, "3 c-sign")
+
+    start = pretrain[-1]["test_top1"]
+    rows = [{"run": r.label, **r.summary} for r in (sign, csign)]
+    console.print(
+        comparison_table(
+            rows, f"4 sign vs c-sign: {epochs} epochs from {model_path.name} (seed {seed})"
+        )
+    )
+    console.print(
+        f"   start: test accuracy {start:.2f}%; flip rates are flips per binary weight per "
+        "update; vetoed flips are sign changes c-sign held back"
+    )
+    plot = plot_epochs(
+        {"sign": [sign.curve], "c-sign": [csign.curve]},
+        run_dir / PLOT_NAME,
+        title=f"digits, {ARCH}: fine-tuned from {model_path.name} (seed {seed})",
+        start_top1=start,
+    )
+    console.print(f"   plot: {plot}")
+
+    mid_ckpt = step_path(csign.run_dir, mid)
+    with new_progress(console) as progress:
+        resumed = _finetune(
+            "c-sign (resumed)",
+            run_dir / "csign_resumed",
+            overrides,
+            progress,
+            "5 resume c-sign",
+            resume=mid_ckpt,
+        )
+    identical = resumed.state_hash == csign.state_hash
+    history_same = _histories_equal(csign.run_dir, resumed.run_dir)
+    verdict = "[green]identical[/]" if identical else "[red]DIFFERENT[/]"
+    console.print(
+        f"[bold]5 resume[/]   c-sign from {mid_ckpt.name} (step {mid} of {total}, mid-epoch "
+        f"{mid // per_epoch + 1}) into {resumed.run_dir.name}/: final state_dict sha256\n"
+        f"           uninterrupted {csign.state_hash}\n"
+        f"           resumed       {resumed.state_hash}  {verdict}; metrics log (wall time "
+        f"aside) {'identical' if history_same else 'DIFFERENT'}"
+    )
+
+    seconds = time.perf_counter() - t0
+    summary_path = run_dir / SUMMARY_NAME
+    result = DemoResult(
+        run_dir=run_dir,
+        model_path=model_path,
+        converted_path=converted,
+        pretrain=pretrain,
+        sign=sign,
+        csign=csign,
+        resumed=resumed,
+        resumed_from=mid_ckpt,
+        resume_identical=identical,
+        history_identical=history_same,
+        plot=plot,
+        summary_path=summary_path,
+        seconds=seconds,
+        table=rows,
+    )
+    summary_path.write_text(json.dumps(_jsonable(asdict(result)), indent=2) + "\n")
+    console.print(f"done in {seconds:.0f} s; everything is in [bold]{run_dir}[/]")
+    return result
+
+
+def _histories_equal(a: Path, b: Path) -> bool:
+    """The two runs' metrics logs agree record by record, apart from wall time."""
+    from .train.plot import read_history
+
+    return _strip_time(read_history(a)) == _strip_time(read_history(b))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _console() -> Console:
+    """A console for the demo; as wide as a log needs when output is not a terminal."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console
+
+
+def demo_command(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            show_default=False,
+            help="Run directory, new or empty (default: runs/demo-<date>-<time>).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of training and data order.")] = (
+        DEFAULT_SEED
+    ),
+    epochs: Annotated[
+        int,
+        typer.Option(
+            "--epochs", min=1, help="Epochs of the sign pre-training and of each fine-tune."
+        ),
+    ] = DEFAULT_EPOCHS,
+) -> None:
+    """Train a sign BNN on scikit-learn's digits, convert it, fine-tune sign vs c-sign from
+    the same checkpoint, compare them, and resume the c-sign run bit for bit (no download)."""
+    from .train.errors import TrainError
+
+    try:
+        result = run_demo(out, seed, epochs, _console())
+    except (FileExistsError, TrainError) as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(2 if isinstance(exc, FileExistsError) else 1) from None
+    if not (result.resume_identical and result.history_identical):
+        typer.echo("error: the resumed c-sign run did not end identical", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    typer.run(demo_command)
