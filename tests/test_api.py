@@ -4,7 +4,6 @@ state_dict round trips, copies, dtype moves, statistics, freeze and unpatch."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,15 +17,6 @@ from uabnn_convert.csign import CSign
 from uabnn_convert.tracing import is_rewritten
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*should not be instantiated")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared with other jobs: intra-op threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def batches(n: int, seed: int = 0, batch: int = 4, classes: int = 5) -> list[tuple]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import timm
@@ -39,15 +38,6 @@ from uabnn_convert.tracing import is_rewritten
 
 # The official IR-Net code calls ``BinaryQuantize().apply``; torch warns about the instance.
 pytestmark = pytest.mark.filterwarnings("ignore:.*should not be instantiated")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared with other jobs: intra-op threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- helpers

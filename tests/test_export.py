@@ -48,15 +48,6 @@ HEAVY = {"bireal_resnet34", "reactnet_resnet18", "irnet_resnet18", "bonn_resnet1
 HEAVY |= {"xnor_resnet18", "wrn22_64"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared with other jobs: intra-op threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
     shape = (1, 8, 8) if name == "bireal_digits" else (3, 32, 32)
     return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))

@@ -7,7 +7,6 @@ ResNet-18 figures, across model states (original, converted, frozen, packed) and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from uabnn_convert.export import export_packed, load_packed
 from uabnn_convert.summary import COLUMNS, summary
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*should not be instantiated")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared with other jobs: intra-op threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # Hand count for bireal_digits (1x8x8 input, width 32, 3 binary units, 2x2 pool, 10 classes).

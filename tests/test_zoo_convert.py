@@ -9,7 +9,6 @@ WRN-22-64 are marked slow; the rest keep this file well under the 90 s budget.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import timm
@@ -34,15 +33,6 @@ CASES = [
     pytest.param("wrn22_64", (2, 3, 32, 32), "bireal", 18, marks=pytest.mark.slow),
     ("bireal_digits", (2, 1, 8, 8), "bireal", 3),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared with other jobs: intra-op threads only add contention here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _owner(name: str) -> str:

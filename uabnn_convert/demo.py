@@ -439,8 +439,8 @@ def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) ->
     converted = _convert(model_path, console)
     _check_converted(model_path, converted)
     console.print(
-        f"           {converted.name} = {model_path.name} + a fresh c-sign state (checked "
-        "tensor by tensor); both fine-tunes start from these weights (recipe key model.init)"
+        f"           checked: {converted.name} = {model_path.name} + a fresh c-sign state\n"
+        "           both fine-tunes start from these weights (recipe key model.init)"
     )
 
     recipe = load_recipe(RECIPE)
@@ -470,8 +470,8 @@ def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) ->
         )
     )
     console.print(
-        f"   start: test accuracy {start:.2f}%; flip rates are flips per binary weight per "
-        "update; vetoed flips are sign changes c-sign held back"
+        f"           start: test accuracy {start:.2f}%; flip rate: flips per binary weight per "
+        "update\n           vetoed flips: sign changes c-sign held back"
     )
     plot = plot_epochs(
         {"sign": [sign.curve], "c-sign": [csign.curve]},
@@ -479,7 +479,7 @@ def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) ->
         title=f"digits, {ARCH}: fine-tuned from {model_path.name} (seed {seed})",
         start_top1=start,
     )
-    console.print(f"   plot: {plot}")
+    console.print(f"           plot: {plot}")
 
     mid_ckpt = step_path(csign.run_dir, mid)
     with new_progress(console) as progress:
@@ -498,8 +498,9 @@ def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) ->
         f"[bold]5 resume[/]   c-sign from {mid_ckpt.name} (step {mid} of {total}, mid-epoch "
         f"{mid // per_epoch + 1}) into {resumed.run_dir.name}/: final state_dict sha256\n"
         f"           uninterrupted {csign.state_hash}\n"
-        f"           resumed       {resumed.state_hash}  {verdict}; metrics log (wall time "
-        f"aside) {'identical' if history_same else 'DIFFERENT'}"
+        f"           resumed       {resumed.state_hash}  {verdict}\n"
+        f"           metrics log (wall time aside): "
+        f"{'identical' if history_same else '[red]DIFFERENT[/]'}"
     )
 
     seconds = time.perf_counter() - t0
