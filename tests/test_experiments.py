@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -17,14 +16,6 @@ from experiments import fig5, sweep
 
 # Digits at batch 128: 10 steps per epoch.
 QUICK = ["--epochs", "1", "--set", "data.batch_size=128"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def invoke(app, args: list[str]):

@@ -425,7 +425,7 @@ def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) ->
 
     console.print(
         f"[bold]uabnn-convert demo[/]: scikit-learn digits (8x8, bundled), {ARCH}, "
-        f"seed {seed}, {epochs} epochs per stage; run directory {run_dir}"
+        f"seed {seed}, {epochs} epoch{'s' if epochs > 1 else ''} per stage; run directory {run_dir}"
     )
     with new_progress(console) as progress:
         model, pretrain = _pretrain(epochs, seed, progress)
@@ -466,7 +466,9 @@ def _demo(run_dir: Path, seed: int, epochs: int, console: Console, t0: float) ->
     rows = [{"run": r.label, **r.summary} for r in (sign, csign)]
     console.print(
         comparison_table(
-            rows, f"4 sign vs c-sign: {epochs} epochs from {model_path.name} (seed {seed})"
+            rows,
+            f"4 sign vs c-sign: {epochs} epoch{'s' if epochs > 1 else ''} from "
+            f"{model_path.name} (seed {seed})",
         )
     )
     console.print(
