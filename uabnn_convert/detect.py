@@ -22,6 +22,7 @@ from .csign import CSign
 from .site import SignRecorder
 from .tracing import (
     OwnGraphs,
+    ancestors,
     autograd_function_of,
     evaluate_args,
     fetch_attr,
@@ -90,18 +91,6 @@ def candidates(graph: fx.Graph, module: nn.Module) -> list[tuple[fx.Node, str]]:
                 continue
         out.append((node, kind))
     return out
-
-
-def ancestors(nodes: Iterable[fx.Node]) -> list[fx.Node]:
-    seen: dict[fx.Node, None] = {}
-    stack = list(nodes)
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen[n] = None
-        stack.extend(n.all_input_nodes)
-    return list(seen)
 
 
 def descendants(node: fx.Node, depth: int = 6) -> list[fx.Node]:

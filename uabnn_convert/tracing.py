@@ -23,7 +23,7 @@ import contextlib
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,7 @@ class OwnForwardTracer(fx.Tracer):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *a, **k)
         node = proxy.node
         if kind == "call_method" and target in ("size", "dim", "numel"):
-            inputs = _ancestors(node)
+            inputs = ancestors(node.all_input_nodes)
             if not any(n.op == "placeholder" for n in inputs):
                 value = _concrete(node, self.root)
                 if value is not None:
@@ -235,9 +235,10 @@ def _trace_with_constants(module: nn.Module, concrete: dict[str, None]) -> fx.Gr
     return graph
 
 
-def _ancestors(node: fx.Node) -> list[fx.Node]:
+def ancestors(nodes: Iterable[fx.Node]) -> list[fx.Node]:
+    """The given nodes and every node they are computed from."""
     seen: dict[fx.Node, None] = {}
-    stack = list(node.all_input_nodes)
+    stack = list(nodes)
     while stack:
         n = stack.pop()
         if n not in seen:
@@ -252,7 +253,7 @@ def _concrete(node: fx.Node, root: nn.Module) -> object | None:
     Chains through a child module are left symbolic: calling a module while tracing would
     be traced again.
     """
-    if any(n.op == "call_module" for n in _ancestors(node)):
+    if any(n.op == "call_module" for n in ancestors(node.all_input_nodes)):
         return None
     try:
         with torch.no_grad():
