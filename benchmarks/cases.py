@@ -18,7 +18,7 @@ from torch import nn
 
 import uabnn_convert as uc
 import uabnn_convert.zoo
-from uabnn_convert.csign import CSign
+from uabnn_convert.core import CSign
 
 from .timing import interleaved
 

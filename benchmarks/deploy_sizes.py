@@ -4,10 +4,10 @@
 
 For each zoo model (default arguments, e.g. 1000 classes for the ImageNet ResNets): the size
 of ``torch.save(model.state_dict())`` of the unconverted float model, the size of the packed
-safetensors file written by :func:`uabnn_convert.export.export_packed` after patching with
+safetensors file written by :func:`uabnn_convert.deploy.export_packed` after patching with
 ``delta=0.1`` and ``N`` SGD steps on random data (0: one training-mode forward, so that every
 site holds its state), their ratio, the number of straight-through rounding exceptions the
-packed file had to store, and whether :func:`~uabnn_convert.export.load_packed`'s model
+packed file had to store, and whether :func:`~uabnn_convert.deploy.load_packed`'s model
 reproduces ``uc.freeze``'s outputs bit for bit.
 """
 
@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 
 import uabnn_convert as uc
-from uabnn_convert.export import export_packed, load_packed, packed_report
+from uabnn_convert.deploy import export_packed, load_packed, packed_report
 from uabnn_convert.report import Report
 from uabnn_convert.zoo import MODELS
 

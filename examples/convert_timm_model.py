@@ -9,7 +9,7 @@ them like any timm model; your own timm-registered BNN works the same way. After
 * ``torch.save(model.state_dict())`` carries the weights *and* the c-sign state; loading it into
   the same architecture patched with the same settings restores the state exactly, so the
   restored model computes the same outputs and takes the same next update;
-* ``uabnn_convert.io.save_converted`` writes the file ``uabnn-convert`` writes: it records the
+* ``uabnn_convert.save`` writes the file ``uabnn-convert`` writes: it records the
   architecture and the settings, so ``uc.load(path)`` rebuilds the model alone
   (and ``uabnn-convert inspect FILE`` shows it).
 
@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 import uabnn_convert as uc
 import uabnn_convert.zoo  # registers the zoo's BNNs with timm
-from uabnn_convert import io as uio
 
 SETTINGS = {"m": 2, "delta": 0.1}
 
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"next update identical after restore: {same_state(a, b)}")
 
         # 2. The command line's file format: records architecture and settings.
-        path = uio.save_converted(
+        path = uc.save(
             model,
             out / "model.uabnn.pt",
             arch=args.arch,

@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from uabnn_convert.demo import epoch_curve, run_summary, state_hash, step_callback
 from uabnn_convert.train import finetune, load_recipe
+from uabnn_convert.train.analysis import epoch_curve, run_summary, state_hash
+from uabnn_convert.train.progress import step_callback
 from uabnn_convert.train.recipe import parse_assignment
 
 DATASETS = ("digits", "cifar10", "cifar100")

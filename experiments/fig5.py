@@ -40,8 +40,9 @@ from experiments.common import (
     wide_console,
     write_results,
 )
-from uabnn_convert.demo import new_progress, plot_epochs
 from uabnn_convert.train import load_recipe
+from uabnn_convert.train.plot import plot_epochs
+from uabnn_convert.train.progress import new_progress
 
 LABELS = ("sign", "c-sign")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

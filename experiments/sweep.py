@@ -39,7 +39,7 @@ from experiments.common import (
     wide_console,
     write_results,
 )
-from uabnn_convert.demo import new_progress
+from uabnn_convert.train.progress import new_progress
 
 DEFAULT_M = "1,2,3,4"
 DEFAULT_DELTA = "0.05,0.1,0.2,0.5"

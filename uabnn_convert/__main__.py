@@ -1,4 +1,4 @@
-"""``python -m uabnn_convert``: the ``uabnn-convert`` command line."""
+"""``python -m uabnn_convert``: the ``uabnn-convert`` command line (also under ``torchrun``)."""
 
 from uabnn_convert.cli import main
 

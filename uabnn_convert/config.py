@@ -1,34 +1,50 @@
-"""Which sites to convert and with which settings.
+"""Which sites to convert and with which settings: one validated, serialisable object.
 
 Priority, lowest to highest (the torch.ao ``QConfigMapping`` idea, reduced to globs):
 
-1. the global ``m``, ``delta``, ``sigma``, ``uncertainty`` given to ``patch``;
-2. each entry of ``overrides`` whose glob matches the site's owner module (or the site's
-   own qualified name), in the order given — a later matching entry wins over an earlier one.
+1. the package defaults (:class:`~uabnn_convert.core.SiteSettings`);
+2. the global ``m``, ``delta``, ``sigma``, ``uncertainty`` of the config;
+3. each entry of ``overrides`` whose glob matches the site's owner module (or the site's own
+   qualified name), in the order given — a later matching entry wins over an earlier one.
 
 ``include`` (default: everything) and then ``exclude`` select the sites; both are globs on the
 owner module's qualified name (``layer4.*``) or the site's name (``layer4.0.conv1.weight_csign``).
-A leading ``module.`` from DataParallel/DDP wrappers is ignored when matching.
+The wrapper prefixes ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (``torch.compile``) are
+ignored when matching, as the file loader ignores them.
+
+``to_dict()`` / ``from_dict()`` give the plain form that files, recipes and the command line
+store; it carries a format version so that a newer package can read an older record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .csign import validate_settings
+from .core import SETTING_KEYS, SiteSettings
 
-SETTING_KEYS = ("m", "delta", "sigma", "uncertainty")
+CONFIG_VERSION = 1
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _names(owner: str, site: str) -> list[str]:
+def strip_wrappers(name: str) -> str:
+    """``name`` without the DDP / ``torch.compile`` wrapper prefixes, however nested."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                stripped = True
+    return name
+
+
+def _names(owner: str, site: str) -> set[str]:
     full = f"{owner}.{site}" if owner else site
-    names = [owner, full]
-    for prefix in ("module.",):
-        names += [n[len(prefix) :] for n in (owner, full) if n.startswith(prefix)]
-    return names
+    return {owner, full, strip_wrappers(owner), strip_wrappers(full)}
 
 
 def _matches(pattern: str, owner: str, site: str) -> bool:
@@ -37,10 +53,18 @@ def _matches(pattern: str, owner: str, site: str) -> bool:
 
 @dataclass
 class ConvertConfig:
-    m: int = 2
-    delta: float = 0.1
-    sigma: str | float = "std"
-    uncertainty: str = "gaussian"
+    """The settings of a conversion: per-site c-sign settings plus which sites and overrides.
+
+    ``m``, ``delta``, ``sigma``, ``uncertainty``: the global site settings (defaults from
+    :class:`~uabnn_convert.core.SiteSettings`). ``include`` / ``exclude``: module-name globs.
+    ``overrides``: ``{glob: {setting: value}}``, later entries winning. Validated on
+    construction; ``ValueError`` names the bad value.
+    """
+
+    m: int = SiteSettings.m
+    delta: float = SiteSettings.delta
+    sigma: str | float = SiteSettings.sigma
+    uncertainty: str = SiteSettings.uncertainty
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -48,8 +72,12 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         self.include = _as_patterns("include", self.include)
         self.exclude = _as_patterns("exclude", self.exclude)
-        validate_settings(self.m, self.delta, self.sigma, self.uncertainty)
+        base = self.site_settings()  # validates the globals
+        self.delta, self.sigma = base.delta, base.sigma
+        overrides = {}
         for pattern, values in dict(self.overrides).items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"overrides keys must be module-name globs, got {pattern!r}")
             if not isinstance(values, Mapping):
                 raise ValueError(f"overrides[{pattern!r}] must be a dict of settings")
             unknown = set(values) - set(SETTING_KEYS)
@@ -58,18 +86,20 @@ class ConvertConfig:
                     f"overrides[{pattern!r}] has unknown setting(s) {sorted(unknown)}; "
                     f"allowed: {list(SETTING_KEYS)}"
                 )
-            merged = {**self.defaults(), **values}
-            validate_settings(**merged)
+            base.replace(**values)  # validates the merged settings
+            overrides[pattern] = dict(values)
+        self.overrides = overrides
+
+    # ------------------------------------------------------------------ settings per site
+    def site_settings(self) -> SiteSettings:
+        """The global site settings (before overrides)."""
+        return SiteSettings(self.m, self.delta, self.sigma, self.uncertainty)
 
     def defaults(self) -> dict[str, Any]:
-        return {
-            "m": self.m,
-            "delta": self.delta,
-            "sigma": self.sigma,
-            "uncertainty": self.uncertainty,
-        }
+        return self.site_settings().to_dict()
 
     def settings_for(self, owner: str, site: str) -> dict[str, Any]:
+        """The settings of one site: the globals, then every matching override in order."""
         settings = self.defaults()
         for pattern, values in self.overrides.items():
             if _matches(pattern, owner, site):
@@ -89,6 +119,68 @@ class ConvertConfig:
             p for p in patterns if not any(_matches(p, owner, site) for owner, site in candidates)
         ]
 
+    def describe(self) -> str:
+        """``m=2 delta=0.1 sigma=std`` (+ include/exclude/overrides), for one-line messages."""
+        text = f"m={self.m} delta={self.delta} sigma={self.sigma}"
+        if self.uncertainty != SiteSettings.uncertainty:
+            text += f" uncertainty={self.uncertainty}"
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            if value:
+                text += f" {key}={','.join(value)}"
+        if self.overrides:
+            text += f" overrides={len(self.overrides)}"
+        return text
+
+    # ------------------------------------------------------------------ plain form
+    def replace(self, **changes: Any) -> ConvertConfig:
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; allowed: {list(FIELDS)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON- and ``weights_only``-safe form, with its format version."""
+        return {
+            "config_version": CONFIG_VERSION,
+            **self.defaults(),
+            "include": list(self.include) if self.include else None,
+            "exclude": list(self.exclude) if self.exclude else None,
+            "overrides": {k: dict(v) for k, v in self.overrides.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConvertConfig:
+        """Read what :meth:`to_dict` wrote (any older version); unknown keys are an error."""
+        data = dict(data)
+        version = data.pop("config_version", CONFIG_VERSION)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ValueError(
+                f"config_version {version!r} is newer than this package reads "
+                f"({CONFIG_VERSION}): upgrade uabnn_convert"
+            )
+        unknown = set(data) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; allowed: {list(FIELDS)}")
+        return cls(**data)
+
+    @classmethod
+    def coerce(cls, config: ConvertConfig | Mapping[str, Any] | None) -> ConvertConfig:
+        """A config from a config, its plain form, or ``None`` (the defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, ConvertConfig):
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        raise TypeError(
+            f"config must be a ConvertConfig or a dict of settings, got {type(config).__name__}"
+        )
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ConvertConfig))
+
 
 def _as_patterns(name: str, value: Sequence[str] | str | None) -> list[str] | None:
     if value is None:
@@ -98,4 +190,4 @@ def _as_patterns(name: str, value: Sequence[str] | str | None) -> list[str] | No
     patterns = list(value)
     if not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"{name} must be module-name globs (non-empty strings), got {value!r}")
-    return patterns
+    return patterns or None

@@ -1,7 +1,13 @@
-"""Reports computed as data (lists of dicts), rendered with rich only when shown."""
+"""Reports computed as data (lists of dicts), rendered with rich only when shown.
+
+Every table the package prints (sites, statistics, summaries, packed tensors) is a
+:class:`Report`: the numbers are plain data first (``to_dicts`` for scripts and JSON), and rich
+renders them only when a person looks, as Larq's ``models.summary`` computes then prints.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +31,28 @@ class Report:
     rows: list[dict[str, Any]]
     total: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def totalled(
+        cls,
+        title: str,
+        columns: list[str],
+        rows: list[dict[str, Any]],
+        *,
+        label: tuple[str, str],
+        sums: Sequence[str],
+        extra: Mapping[str, Any] | None = None,
+        notes: Sequence[str] = (),
+    ) -> Report:
+        """A report whose totals row sums the ``sums`` columns over ``rows``.
+
+        ``label`` is ``(column, text)`` for the totals row; ``extra`` adds derived totals
+        (rates, ratios) computed by the caller from the sums.
+        """
+        total: dict[str, Any] = {label[0]: label[1]}
+        total.update({key: sum(r[key] for r in rows) for key in sums})
+        total.update(extra or {})
+        return cls(title, columns, rows, total, list(notes))
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.rows]
@@ -65,3 +93,12 @@ class _Null:
 
     def flush(self) -> None:
         pass
+
+
+def format_bytes(n: float) -> str:
+    """``1234567`` -> ``1.2 MB`` (decimal units, as file managers and ``ls -h --si`` show)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_save as _atomic_save
-from ..atomic import atomic_write_text as _atomic_write_text
+from ..files import atomic_save as _atomic_save
+from ..files import atomic_write_text as _atomic_write_text
 from .errors import ResumeError
 
 FORMAT = "uabnn_convert.train/1"

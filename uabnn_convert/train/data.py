@@ -106,7 +106,7 @@ def _local_cifar(name: str) -> type:
 
 
 def _digits(spec: DataSpec, seed: int) -> DataBundle:
-    from uabnn_convert.zoo import digits_data
+    from ..zoo import digits_data
 
     if spec.augment != "none":
         raise RecipeError(

@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import uabnn_convert as uc
-
+from .._version import __version__
+from ..api import patch, sites
 from . import checkpoint as ck
 from .data import build_data, eval_loader, steps_per_epoch, train_loader
 from .errors import DataError, RecipeError, ResumeError
@@ -144,7 +144,7 @@ def finetune(
 # ----------------------------------------------------------------------------- building blocks
 def build_model(rec: Recipe) -> nn.Module:
     """The recipe's timm model (zoo names registered), converted, with ``model.init`` loaded."""
-    import uabnn_convert.zoo  # noqa: F401  (registers the zoo's models with timm)
+    from .. import zoo  # noqa: F401  (registers the zoo's models with timm)
 
     try:
         model = timm.create_model(rec.model.arch, pretrained=False, **rec.model.kwargs)
@@ -160,7 +160,7 @@ def build_model(rec: Recipe) -> nn.Module:
 
 def convert(model: nn.Module, spec: CSignSpec) -> nn.Module:
     """Patch with the recipe's c-sign, or with ``delta=1`` (exactly sign) for the baseline."""
-    return uc.patch(
+    return patch(
         model,
         m=spec.m,
         delta=spec.delta if spec.enabled else 1.0,
@@ -589,7 +589,7 @@ class _Trainer:
         if self.dist.main:
             state = {
                 "format": ck.FORMAT,
-                "version": uc.__version__,
+                "version": __version__,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -631,10 +631,10 @@ class _Trainer:
             if rec.csign.enabled
             else "sign baseline"
         )
-        sites = sum(1 for _ in uc.sites(self.model))
+        n_sites = sum(1 for _ in sites(self.model))
         resumed = getattr(self, "resumed_from", None)
         self.console.print(
-            f"[bold]{rec.name}[/]: {rec.model.arch} ({sites} sites, {mode}) on "
+            f"[bold]{rec.name}[/]: {rec.model.arch} ({n_sites} sites, {mode}) on "
             f"{self.bundle.description}; {self.spe} steps/epoch, {self.target} steps, "
             f"world {self.dist.world}; run dir {self.run_dir}"
             + (f"; resumed from {resumed.name} at step {self.step}" if resumed else "")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import uabnn_convert as uc
+from ..api import sites, stats
 
 
 def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -66,7 +66,7 @@ class FlipMeter:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        pairs = list(uc.sites(model))
+        pairs = list(sites(model))
         self.names = [name for name, _ in pairs]
         self.modules = [site for _, site in pairs]
         self.numel = torch.tensor([s.numel for s in self.modules], dtype=torch.float64)
@@ -121,4 +121,4 @@ class FlipMeter:
 
 def uncertainty(model: nn.Module) -> float:
     """Σ f-hat over every site at its last update (``uabnn_convert.stats(model).total``)."""
-    return float(uc.stats(model).total["uncertainty"])
+    return float(stats(model).total["uncertainty"])

@@ -1,18 +1,16 @@
 """Accuracy and flip rate against steps (the paper's Fig. 5), for one run or several overlaid.
 
-``python -m uabnn_convert.train.plot RUN_DIR [RUN_DIR ...] -o fig.png`` plots runs from their
-``metrics.jsonl``; give a c-sign run and its sign baseline to compare them. Uses the Agg backend,
-so it works without a display.
+``uabnn-convert plot RUN_DIR [RUN_DIR ...] -o fig.png`` plots runs from their ``metrics.jsonl``;
+give a c-sign run and its sign baseline to compare them. Uses the Agg backend, so it works
+without a display.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import typer
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -24,7 +22,16 @@ def read_history(run: str | Path) -> list[dict[str, Any]]:
         path = path / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} at {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # a torn last line: the process died while appending it
+            raise
+    return records
 
 
 def plot_runs(
@@ -92,18 +99,53 @@ def run_label(run: Path) -> str:
     return run.name
 
 
-def main(
-    runs: list[Path] = typer.Argument(..., help="Run directories (or metrics.jsonl files)."),
-    out: Path = typer.Option(Path("flip_rate.png"), "--out", "-o", help="PNG file to write."),
-) -> None:
-    """Plot accuracy and flip rate of one or more runs (e.g. c-sign vs its sign baseline)."""
-    try:
-        series = [(run_label(r) if r.is_dir() else r.stem, read_history(r)) for r in runs]
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(str(plot_runs(series, out)))
+def plot_epochs(
+    series: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    path: str | Path,
+    title: str = "",
+    start_top1: float | None = None,
+) -> Path:
+    """A PNG of flip rate (log scale) and test accuracy per epoch, one colour per label.
 
+    ``series`` maps a label ("sign", "c-sign") to one :func:`epoch_curve` per seed; with
+    several seeds the line is the mean and the band the min–max spread over seeds.
+    ``start_top1`` (the accuracy before fine-tuning) is drawn at epoch 0.
+    """
+    import matplotlib
 
-if __name__ == "__main__":
-    typer.run(main)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_flip, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for i, (label, curves) in enumerate(series.items()):
+        color = f"C{i}"
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        epochs = [p["epoch"] for p in curves[0][:length]]
+        for ax, key in ((ax_flip, "flip_rate"), (ax_acc, "val_top1")):
+            values = np.array([[p[key] for p in c[:length]] for c in curves], dtype=float)
+            xs, mean = list(epochs), values.mean(axis=0)
+            if key == "val_top1" and start_top1 is not None:
+                xs, mean = [0, *xs], np.concatenate([[start_top1], mean])
+            seeds = f" (mean of {len(curves)} seeds)" if len(curves) > 1 else ""
+            ax.plot(xs, mean, color=color, marker="o", ms=3, label=f"{label}{seeds}")
+            if len(curves) > 1:
+                ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.2)
+    ax_flip.set(xlabel="epoch", ylabel="flips per weight per update", title="weight flip rate")
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
+    if any(p["flip_rate"] > 0 for curves in series.values() for c in curves for p in c):
+        ax_flip.set_yscale("log")
+    for ax in (ax_flip, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

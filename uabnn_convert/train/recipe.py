@@ -31,6 +31,7 @@ Keys (defaults in brackets)::
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import types
 import typing
@@ -43,7 +44,18 @@ import yaml
 
 from .errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_PACKAGE = "uabnn_convert.recipes"
+
+
+def recipes_dir() -> Path:
+    """The directory of the bundled recipes (package data: the wheel ships them)."""
+    return Path(str(importlib.resources.files(RECIPES_PACKAGE)))
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the bundled recipes (``digits``, ``cifar10_wrn22_16``, …)."""
+    folder = recipes_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 @dataclass
@@ -238,10 +250,10 @@ def resolve_recipe_path(source: str | Path) -> Path:
     path = Path(source)
     if path.is_file():
         return path
-    bundled = RECIPES_DIR / f"{path.name}.yaml"
+    bundled = recipes_dir() / f"{path.name}.yaml"
     if path.suffix == "" and bundled.is_file():
         return bundled
-    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    known = bundled_recipes()
     hint = f"; bundled recipes: {', '.join(known)}" if known else ""
     raise RecipeError(f"recipe file {str(source)!r} not found (expected a YAML file){hint}")
 
