@@ -97,8 +97,10 @@ class _Null:
 
 def format_bytes(n: float) -> str:
     """``1234567`` -> ``1.2 MB`` (decimal units, as file managers and ``ls -h --si`` show)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB"):
         n /= 1000
-    return f"{n:.1f} GB"
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"

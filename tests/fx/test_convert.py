@@ -484,3 +484,49 @@ def test_patch_in_eval_mode_then_train() -> None:
     net.train()
     assert_step_parity(orig, net, *batches(1, (4, 3, 8, 8), 5)[0])
     assert all(int(s.num_updates) == 1 for _, s in uc.sites(net))
+
+
+class _SignBinarize(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (torch.sign(w) - w).detach()
+
+
+class _ChildBinarizedConv(nn.Module):
+    """A conv whose weight goes through a child module chosen per instance."""
+
+    def __init__(self, binarize: nn.Module) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.05)
+        self.binarize = binarize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.binarize(self.weight), padding=1)
+
+
+def test_instances_of_one_class_with_other_children_are_traced_apart() -> None:
+    """A first instance without a weight sign must not stand for a later one of the same class
+    and weight shape whose binarizer child does sign (the trace key counts child types)."""
+    net = nn.Sequential(
+        _ChildBinarizedConv(nn.Identity()),
+        _ChildBinarizedConv(_SignBinarize()),
+        _ChildBinarizedConv(_SignBinarize()),
+    )
+    uc.patch(net)
+    assert [n for n, _ in uc.sites(net)] == ["1.weight_csign", "2.weight_csign"]
+
+
+def test_instances_with_other_function_attributes_are_traced_apart() -> None:
+    """A non-scalar attribute (here the binarizing function itself) is part of the key."""
+
+    class FnConv(nn.Module):
+        def __init__(self, fn) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.05)
+            self.fn = fn
+
+        def forward(self, x):
+            return F.conv2d(x, self.fn(self.weight), padding=1)
+
+    net = nn.Sequential(FnConv(torch.tanh), FnConv(torch.sign))
+    uc.patch(net)
+    assert [n for n, _ in uc.sites(net)] == ["1.weight_csign"]

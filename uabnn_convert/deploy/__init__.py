@@ -6,11 +6,10 @@ each (:mod:`.bits`); :func:`export_onnx` exports it to ONNX; :func:`summary` cou
 by precision and binary vs float multiply-accumulates, as ``larq.models.summary`` does.
 """
 
-from .bits import decode_signbits, encode_signbits, pack_bits, unpack_bits
+from .bits import BINARY_MARK, decode_signbits, encode_signbits, pack_bits, unpack_bits
 from .model_of import model_of
 from .onnx import export_onnx
 from .packed import (
-    BINARY_MARK,
     binary_constants,
     deploy,
     export_packed,

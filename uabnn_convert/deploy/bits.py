@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 BIT_ORDER = "little"
+BINARY_MARK = "_uabnn_packed_binary"
+"""Attribute that ``load_packed`` sets on a module: names of its buffers stored as bits."""
 PACKING = (
     "signbits: bit i of the C-order flattened tensor is bit (i % 8) of byte i // 8 "
     "(least significant first); 1 means +factor, 0 means -factor; factor is one value or one "

@@ -39,13 +39,19 @@ from ..errors import ConversionError, ExportError
 from ..files import atomic_write_bytes, build_arch, unwrap
 from ..fx import freeze_and_fold
 from ..report import Report
-from .bits import _DTYPES, _INT_VIEW, BIT_ORDER, PACKING, decode_signbits, encode_signbits
+from .bits import (
+    _DTYPES,
+    _INT_VIEW,
+    BINARY_MARK,
+    BIT_ORDER,
+    PACKING,
+    decode_signbits,
+    encode_signbits,
+)
 
 FORMAT = "uabnn-packed"
 FORMAT_VERSION = 1
 METADATA_KEY = "uabnn_packed"
-BINARY_MARK = "_uabnn_packed_binary"
-"""Attribute that :func:`load_packed` sets on a module: names of its buffers stored as bits."""
 _SEP = "::"
 
 

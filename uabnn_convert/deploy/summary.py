@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..core import CSign
 from ..fx import frozen_name, original_class, scan
 from ..report import Report, format_bytes
-from .packed import BINARY_MARK
+from .bits import BINARY_MARK
 
 COLUMNS = [
     "layer",

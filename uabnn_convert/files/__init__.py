@@ -3,7 +3,7 @@ the record around a converted model, and ``convert_file`` (what ``uabnn-convert 
 """
 
 from .arch import arch_label, build_arch, check_arch
-from .atomic import atomic_path, atomic_save, atomic_write_bytes, atomic_write_text
+from .atomic import append_line, atomic_path, atomic_save, atomic_write_bytes, atomic_write_text
 from .convert import Converted, convert_file
 from .model_file import load, load_weights, model_from, patch_recorded, rebuild, save, save_frozen
 from .paths import default_output, input_path, output_path
@@ -16,6 +16,7 @@ __all__ = [
     "KINDS",
     "Converted",
     "ModelFile",
+    "append_line",
     "arch_label",
     "atomic_path",
     "atomic_save",

@@ -2,7 +2,8 @@
 
 A crash, SIGKILL or Ctrl-C at any point leaves either the previous file or the complete new
 one, never a partial file. Every writer in the package (converted files, packed exports, ONNX,
-training checkpoints, logs) goes through :func:`atomic_path`.
+training checkpoints, logs) goes through :func:`atomic_path`; the one log that grows line by
+line (``metrics.jsonl``) is appended with :func:`append_line`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def append_line(text: str, path: str | os.PathLike[str]) -> None:
+    """Append one line to a log with a single ``write`` on an ``O_APPEND`` descriptor, then
+    fsync: a crash leaves the log as it was or with the whole line — at worst a torn last line,
+    which readers of the log skip."""
+    data = (text.rstrip("\n") + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

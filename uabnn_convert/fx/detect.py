@@ -301,7 +301,7 @@ def _scan_one(
 ) -> None:
     """Trace one module and record its sites (or why it could not be traced)."""
     cls = traced_class(module)
-    key = _trace_key(cls, module)
+    key = trace_key(cls, module)
     if cls.__module__.startswith("torch.") or key in sign_free or isinstance(module, CSign):
         return
     try:
@@ -335,23 +335,42 @@ class _as_class:
         self.module.__class__ = self.prev
 
 
-def _trace_key(cls: type, module: nn.Module) -> tuple:
-    """What a trace of ``module`` depends on besides tensor values: its class, its Python
-    scalar attributes and the shapes of its own tensors. Modules with equal keys trace to the
-    same graph, so one found without weight signs stands for all of them."""
-    scalars = tuple(
-        sorted(
-            (k, repr(v))
-            for k, v in vars(module).items()
-            if isinstance(v, (bool, int, float, str, tuple, type(None)))
-        )
-    )
+_MODULE_MACHINERY = frozenset(vars(nn.Module()))
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_value(value: object) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    return isinstance(value, tuple) and all(_plain_value(v) for v in value)
+
+
+def trace_key(cls: type, module: nn.Module) -> tuple:
+    """What a trace of ``module``'s own forward depends on besides tensor values.
+
+    Its class; every attribute of its own that is not ``nn.Module`` machinery — plain values
+    (numbers, strings, tuples of them) by value, tensors by shape and dtype, anything else
+    (a function, a list, an object) by identity; the class of each child (the graph calls
+    children, and a binarizing child is a site); and the shapes of its parameters and buffers.
+    Modules with equal keys trace to the same graph.
+    """
+    attrs = []
+    for key, value in sorted(vars(module).items()):
+        if key in _MODULE_MACHINERY:
+            continue
+        if _plain_value(value):
+            attrs.append((key, repr(value)))
+        elif isinstance(value, torch.Tensor):
+            attrs.append((key, "tensor", tuple(value.shape), value.dtype))
+        else:
+            attrs.append((key, "object", id(value)))
+    children = tuple((k, type(c)) for k, c in module._modules.items())
     tensors = tuple(
         (k, tuple(t.shape), t.dtype)
         for k, t in [*module._parameters.items(), *module._buffers.items()]
         if t is not None
     )
-    return cls, scalars, tensors
+    return cls, tuple(attrs), children, tensors
 
 
 def _mentions_sign(cls: type) -> bool:

@@ -45,6 +45,7 @@ from torch import nn
 
 from .._version import __version__
 from ..api import patch, sites
+from ..files import append_line
 from . import checkpoint as ck
 from .data import build_data, eval_loader, steps_per_epoch, train_loader
 from .errors import DataError, RecipeError, ResumeError
@@ -160,14 +161,7 @@ def build_model(rec: Recipe) -> nn.Module:
 
 def convert(model: nn.Module, spec: CSignSpec) -> nn.Module:
     """Patch with the recipe's c-sign, or with ``delta=1`` (exactly sign) for the baseline."""
-    return patch(
-        model,
-        m=spec.m,
-        delta=spec.delta if spec.enabled else 1.0,
-        sigma=spec.sigma,
-        include=spec.include,
-        exclude=spec.exclude,
-    )
+    return patch(model, spec.config())
 
 
 def build_optimizer(model: nn.Module, rec: Recipe) -> torch.optim.Optimizer:
@@ -573,8 +567,7 @@ class _Trainer:
     def _record(self, rec: dict[str, Any]) -> None:
         self.history.append(rec)
         if self.dist.main:
-            with open(self.run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_line(json.dumps(rec), self.run_dir / METRICS_FILE)
             self._describe(rec)
 
     def _sync_bn(self) -> None:

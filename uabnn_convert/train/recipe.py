@@ -10,7 +10,8 @@ Keys (defaults in brackets)::
 
     name, description [""], seed [0]
     model:    arch (a timm model name), kwargs [{}], init [null: a state_dict file to start from]
-    csign:    enabled [true], m [2], delta [0.1], sigma ["std"], include [null], exclude [null]
+    csign:    enabled [true], m [2], delta [0.1], sigma ["std"], uncertainty ["gaussian"],
+              include [null], exclude [null], overrides [{}] (glob: {setting: value}, as patch)
     data:     dataset (digits | cifar10 | cifar100 | imagefolder), root [null: give --data],
               train_split ["train"], val_split ["val"] (imagefolder sub-directories),
               image_size [null: the dataset's], augment (none | cifar | imagenet) ["none"],
@@ -42,6 +43,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..config import ConvertConfig
+from ..core import SiteSettings
 from .errors import RecipeError
 
 RECIPES_PACKAGE = "uabnn_convert.recipes"
@@ -69,22 +72,35 @@ class ModelSpec:
 
 @dataclass
 class CSignSpec:
-    """c-sign settings; ``enabled: false`` is the sign baseline (measured through delta=1)."""
+    """c-sign settings: a :class:`~uabnn_convert.config.ConvertConfig` plus ``enabled``.
+
+    ``enabled: false`` is the sign baseline (measured through ``delta = 1``, exactly sign).
+    ``overrides`` maps module-name globs to per-site settings, as ``uc.patch`` takes them.
+    """
 
     enabled: bool = True
-    m: int = 2
-    delta: float = 0.1
-    sigma: float | Literal["std", "var"] = "std"
+    m: int = SiteSettings.m
+    delta: float = SiteSettings.delta
+    sigma: float | Literal["std", "var"] = SiteSettings.sigma
+    uncertainty: Literal["gaussian", "density"] = SiteSettings.uncertainty
     include: list[str] | None = None
     exclude: list[str] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.m < 0:
-            raise ValueError(f"m={self.m} must be >= 0")
-        if not 0 < self.delta <= 1:
-            raise ValueError(f"delta={self.delta} must be in (0, 1]")
-        if isinstance(self.sigma, float) and self.sigma <= 0:
-            raise ValueError(f"sigma={self.sigma} must be 'std', 'var' or a positive number")
+        self.config()  # validates every setting, overrides included
+
+    def config(self) -> ConvertConfig:
+        """The settings a model is patched with (``delta = 1`` for the sign baseline)."""
+        return ConvertConfig(
+            m=self.m,
+            delta=self.delta if self.enabled else 1.0,
+            sigma=self.sigma,
+            uncertainty=self.uncertainty,
+            include=self.include,
+            exclude=self.exclude,
+            overrides=self.overrides,
+        )
 
 
 @dataclass
