@@ -326,10 +326,10 @@ class PatternNet(nn.Module):
 
     # (module name under ``layer``, expected family) per weight-sign site, in model order.
     EXPECTED_SITES = (
-        ("layer.0", "bireal"),
+        ("layer.0", "bireal/reactnet"),
         ("layer.2", "irnet"),
         ("layer.4", "xnor"),
-        ("layer.5", "reactnet"),
+        ("layer.5", "bireal/reactnet"),
         ("layer.7", "generic"),  # SharedSignConv, first sign
         ("layer.7", "generic"),  # SharedSignConv, second sign
         ("layer.8", "generic"),  # TrainingBranchConv (one state shared by both modes)

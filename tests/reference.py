@@ -51,14 +51,23 @@ def log_L(hist: list[torch.Tensor], s: int, m: int, sigma: float) -> torch.Tenso
     return total
 
 
-def log_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: float):
+def threshold_L(lt: torch.Tensor, delta: float, reading: str = "certain") -> torch.Tensor:
+    """L at Δ_t: the k-th largest L (Δ = k-th smallest f̂), or with the "uncertain" reading
+    the k-th smallest L (Δ = k-th largest f̂)."""
+    n = lt.numel()
+    k = min(n, max(1, math.ceil(delta * n)))
+    if reading == "uncertain":
+        return lt.flatten().kthvalue(k).values
+    return -((-lt.flatten()).kthvalue(k).values)
+
+
+def log_rule(
+    hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: float, reading: str = "certain"
+):
     """The same rule as ``literal_rule`` with f̂ = 1 - exp(L), compared through L."""
     lt = log_L(hist, t, m, sigma)
     lp = log_L(hist, t - 1, m, sigma)
-    n = lt.numel()
-    k = min(n, max(1, math.ceil(delta * n)))
-    kth_largest = -((-lt.flatten()).kthvalue(k).values)
-    return lt >= torch.minimum(lp, kth_largest)
+    return lt >= torch.minimum(lp, threshold_L(lt, delta, reading))
 
 
 def float32_naive_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, sigma: float):
@@ -70,8 +79,8 @@ def float32_naive_rule(hist: list[torch.Tensor], t: int, m: int, delta: float, s
 class StreamingLogRule:
     """``log_rule`` for long trajectories: keeps only the last m + 2 values of ℓ(x_i)."""
 
-    def __init__(self, m: int, delta: float) -> None:
-        self.m, self.delta = m, delta
+    def __init__(self, m: int, delta: float, reading: str = "certain") -> None:
+        self.m, self.delta, self.reading = m, delta, reading
         self.ells: list[torch.Tensor] = []
         self.t = 0
 
@@ -92,7 +101,4 @@ class StreamingLogRule:
         if self.t == 1:
             return None
         lt, lp = self._L(self.t), self._L(self.t - 1)
-        n = lt.numel()
-        k = min(n, max(1, math.ceil(self.delta * n)))
-        kth_largest = -((-lt.flatten()).kthvalue(k).values)
-        return lt >= torch.minimum(lp, kth_largest)
+        return lt >= torch.minimum(lp, threshold_L(lt, self.delta, self.reading))

@@ -111,13 +111,14 @@ def inspect(model: nn.Module) -> Report:
     """Dry run: the sites ``patch`` would convert, or the sites a converted model has."""
     _check_module(model, "inspect")
     converted = list(sites(model))
-    columns = ["site", "family", "op", "shape", "elements"]
+    columns = ["site", "family", "pattern", "shape", "elements"]
     notes: list[str] = []
     if converted:
         rows = [
             {
                 "site": name,
                 "family": s.family,
+                "pattern": s.pattern,
                 "op": s.op_label,
                 "shape": tuple(s.shape),
                 "elements": s.numel,
@@ -134,6 +135,7 @@ def inspect(model: nn.Module) -> Report:
             {
                 "site": _join(f.owner, s.name),
                 "family": s.family,
+                "pattern": s.pattern,
                 "op": s.op_label,
                 "shape": tuple(s.shape),
                 "elements": s.shape.numel(),

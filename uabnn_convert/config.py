@@ -3,7 +3,7 @@
 Priority, lowest to highest (the torch.ao ``QConfigMapping`` idea, reduced to globs):
 
 1. the package defaults (:class:`~uabnn_convert.core.SiteSettings`);
-2. the global ``m``, ``delta``, ``sigma``, ``uncertainty`` of the config;
+2. the global ``m``, ``delta``, ``sigma``, ``uncertainty``, ``threshold`` of the config;
 3. each entry of ``overrides`` whose glob matches the site's owner module (or the site's own
    qualified name), in the order given — a later matching entry wins over an earlier one.
 
@@ -55,7 +55,7 @@ def _matches(pattern: str, owner: str, site: str) -> bool:
 class ConvertConfig:
     """The settings of a conversion: per-site c-sign settings plus which sites and overrides.
 
-    ``m``, ``delta``, ``sigma``, ``uncertainty``: the global site settings (defaults from
+    ``m``, ``delta``, ``sigma``, ``uncertainty``, ``threshold``: the global site settings (from
     :class:`~uabnn_convert.core.SiteSettings`). ``include`` / ``exclude``: module-name globs.
     ``overrides``: ``{glob: {setting: value}}``, later entries winning. Validated on
     construction; ``ValueError`` names the bad value.
@@ -65,6 +65,7 @@ class ConvertConfig:
     delta: float = SiteSettings.delta
     sigma: str | float = SiteSettings.sigma
     uncertainty: str = SiteSettings.uncertainty
+    threshold: str = SiteSettings.threshold
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -93,7 +94,7 @@ class ConvertConfig:
     # ------------------------------------------------------------------ settings per site
     def site_settings(self) -> SiteSettings:
         """The global site settings (before overrides)."""
-        return SiteSettings(self.m, self.delta, self.sigma, self.uncertainty)
+        return SiteSettings(self.m, self.delta, self.sigma, self.uncertainty, self.threshold)
 
     def defaults(self) -> dict[str, Any]:
         return self.site_settings().to_dict()
@@ -124,6 +125,8 @@ class ConvertConfig:
         text = f"m={self.m} delta={self.delta} sigma={self.sigma}"
         if self.uncertainty != SiteSettings.uncertainty:
             text += f" uncertainty={self.uncertainty}"
+        if self.threshold != SiteSettings.threshold:
+            text += f" threshold={self.threshold}"
         for key in ("include", "exclude"):
             value = getattr(self, key)
             if value:

@@ -427,7 +427,10 @@ def test_json_report(tmp_path: Path, files: dict[str, Path]) -> None:
     data = json.loads(result.stdout)
     assert data["command"] == "convert" and data["output"] == str(tmp_path / "sd.uabnn.pt")
     assert len(data["rows"]) == 3 and data["total"]["elements"] == 3 * 32 * 32 * 9
-    assert data["rows"][0]["shape"] == [32, 32, 3, 3] and data["rows"][0]["family"] == "bireal"
+    assert (
+        data["rows"][0]["shape"] == [32, 32, 3, 3]
+        and data["rows"][0]["family"] == "bireal/reactnet"
+    )
     assert data["settings"] == uc.ConvertConfig().to_dict()
 
 

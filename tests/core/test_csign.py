@@ -209,12 +209,29 @@ def test_state_dict_round_trip_continues_bit_identically():
 
 
 def test_missing_keys_mean_a_fresh_state_but_other_mismatches_stay_strict():
-    unit = CSign((10,))
-    drive(unit, random_walk(10, 3, seed=5))
-    unit.load_state_dict({})
-    assert int(unit.num_updates) == 0 and not unit.held.any()
+    """Without c-sign keys (or without the per-element buffers of a site that held nothing yet)
+    a loaded site behaves exactly as a new one: it outputs sign and restarts at update 1."""
+    xs = random_walk(10, 12, seed=5)
+    used, new = CSign((10,)), CSign((10,))
+    drive(used, xs[:3])
+    used.load_state_dict({})
+    assert int(used.num_updates) == 0 and int(used.last_flips) == 0
+    assert torch.equal(used.eval()(xs[3]), torch.sign(xs[3]))
+    assert all(torch.equal(a, b) for a, b in zip(drive(used, xs), drive(new, xs), strict=True))
+    fresh = CSign((10,)).state_dict()
+    for key in ("window", "held"):
+        del fresh[key]
+    used.load_state_dict(fresh)
+    assert int(used.num_updates) == 0
+    assert all(
+        torch.equal(a, b) for a, b in zip(drive(used, xs), drive(CSign((10,)), xs), strict=True)
+    )
+    partial = used.state_dict()
+    del partial["window"]
+    with pytest.raises(RuntimeError, match="window is missing while num_updates"):
+        used.load_state_dict(partial)
     with pytest.raises(RuntimeError, match="size mismatch"):
-        unit.load_state_dict(CSign((11,)).state_dict())
+        used.load_state_dict(CSign((11,)).state_dict())
 
 
 # --------------------------------------------------------------------------- sizes

@@ -176,9 +176,9 @@ def test_untraceable_parent_is_skipped_children_convert() -> None:
     net = ControlFlowNet()
     orig = copy.deepcopy(net)
     assert site_families(net) == [
-        ("block.pos.weight_csign", "bireal"),
-        ("block.neg.weight_csign", "bireal"),
-        ("conv.weight_csign", "bireal"),
+        ("block.pos.weight_csign", "bireal/reactnet"),
+        ("block.neg.weight_csign", "bireal/reactnet"),
+        ("conv.weight_csign", "bireal/reactnet"),
     ]
     uc.patch(net)
     assert type(net.block) is DataDependentBlock and not is_rewritten(net.block)
@@ -463,7 +463,7 @@ def test_timm_zoo_model_converts_and_trains_identically_with_delta_one() -> None
     model = timm.create_model("bireal_digits", num_classes=10)
     orig = copy.deepcopy(model)
     assert site_families(model) == [
-        (f"layer1.{i}.binary_conv.weight_csign", "bireal") for i in range(3)
+        (f"layer1.{i}.binary_conv.weight_csign", "bireal/reactnet") for i in range(3)
     ]
     uc.patch(model, delta=1.0)
     data = batches(20, (8, 1, 8, 8), 10, seed=4)

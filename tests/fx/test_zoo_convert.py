@@ -22,16 +22,16 @@ from uabnn_convert.core import CSign
 
 # (model, input shape for batch 2, family label, number of binary convs/linears)
 CASES = [
-    ("bireal_resnet18", (2, 3, 32, 32), "bireal", 16),
-    pytest.param("bireal_resnet34", (2, 3, 32, 32), "bireal", 32, marks=pytest.mark.slow),
-    ("reactnet_resnet18", (2, 3, 32, 32), "reactnet", 16),
+    ("bireal_resnet18", (2, 3, 32, 32), "bireal/reactnet", 16),
+    pytest.param("bireal_resnet34", (2, 3, 32, 32), "bireal/reactnet", 32, marks=pytest.mark.slow),
+    ("reactnet_resnet18", (2, 3, 32, 32), "bireal/reactnet", 16),
     ("irnet_resnet18", (2, 3, 32, 32), "irnet", 16),
-    ("bonn_resnet18", (2, 3, 32, 32), "bonn", 16),
+    ("bonn_resnet18", (2, 3, 32, 32), "generic", 16),
     ("xnor_resnet18", (2, 3, 32, 32), "xnor", 16),
     ("irnet_resnet20", (2, 3, 32, 32), "irnet", 18),
-    ("wrn22_16", (2, 3, 32, 32), "bireal", 18),
-    pytest.param("wrn22_64", (2, 3, 32, 32), "bireal", 18, marks=pytest.mark.slow),
-    ("bireal_digits", (2, 1, 8, 8), "bireal", 3),
+    ("wrn22_16", (2, 3, 32, 32), "bireal/reactnet", 18),
+    pytest.param("wrn22_64", (2, 3, 32, 32), "bireal/reactnet", 18, marks=pytest.mark.slow),
+    ("bireal_digits", (2, 1, 8, 8), "bireal/reactnet", 3),
 ]
 
 

@@ -1,119 +1,68 @@
-"""The certainty-sign (c-sign) of one weight-sign site: its maths, its state, and when it advances.
+"""The certainty-sign (c-sign) of one weight-sign site: its state, and when and how it advances.
 
-The rule (SPEC section 2, paper Eq. 3-5) is evaluated exactly rather than literally:
+The rule (SPEC section 2, paper Eq. 3-5) is evaluated exactly rather than literally
+(:mod:`.rule`):
 
 * The window comparison ``f̂_t <= f̂_{t-1}`` is decided on ``|x|`` (paper Eq. 6) whenever both
-  sides have the same number of terms. ``f`` is strictly decreasing in ``|x|``, so this is the
-  exact answer in any precision, and it needs no ``exp``/``log`` at all.
-* Where the window has a different number of terms on both sides (the single update
-  ``t = m + 1``) and for the threshold ``Δ_t``, the comparison is done in log space,
-  ``L = Σ log(1 - f(x_i))`` with ``f̂ = 1 - exp(L)``, in float64 with a stable ``log1mexp``.
-  A float32 ``1 - Π(1 - f)`` rounds near-zero weights (``f ≈ 1``) together and decides wrongly.
-* ``Δ_t`` only matters for a flip the window test vetoes. Such flips are few and sit near zero,
-  far from the ``delta`` most certain weights; bounds on each weight's window settle them
-  (``(m+1)·ℓ(min|x|) <= L <= ℓ(min|x|)``) and an exact count of larger ``L`` is the fallback.
-  Nothing sorts or selects over the whole site, so the size of the layer is not limited.
+  sides have the same number of terms: ``f`` is strictly decreasing in ``|x|``, so this is exact
+  in any precision and needs no ``exp``/``log``. At the single update ``t = m + 1`` (one term
+  against ``m + 1``) and for the threshold ``Δ_t`` the comparison is made in log space,
+  ``L = Σ log(1 - f(x_i))`` in float64 with a stable ``log1mexp``; a float32 ``1 - Π(1 - f)``
+  rounds the near-zero weights c-sign exists for together and decides wrongly.
+* ``Δ_t`` is an order statistic of the site (the ``k``-th smallest ``f̂``, or the ``k``-th
+  largest with ``threshold="uncertain"``); an element passes it when its value is at least the
+  statistic of ``|x|`` (one term) or of ``L`` (a window).
+
+Two update paths make the same decisions, bit for bit (a test drives both over a random walk):
+
+* **dense** — every element through the whole rule as tensor operations, with no data-dependent
+  Python control flow and no host read: chosen under ``torch.compile`` / ``torch.export`` and
+  on any device but the CPU (on CUDA, no host sync in any update, the first included). A
+  latent that cannot be used (non-finite, or all zeros at the first update) leaves the state as
+  it was and is recorded; the error is raised at the next host read (:meth:`CSign.check`,
+  ``uc.stats``, an eager CPU forward).
+* **sparse** — eager on the CPU: only the few elements whose sign changed can change the
+  state, so they are found from packed sign words and the rule is evaluated for them; bounds on
+  each candidate's window settle the threshold (``(m+1)·ℓ(min|x|) <= L <= ℓ(min|x|)``), and the
+  exact fallback uses the very arrays the dense path uses. The new binary value is the sign of
+  the latent computed during the scan, with the vetoed positions set back to the held state,
+  so the output costs no extra pass.
+
+When it advances (SPEC section 3): in training mode, once per change of the latent. Change is
+detected by value, not ``_version`` (old BNN code writes ``p.data.add_()``, which does not bump
+the version counter); the newest latent is already kept in the window, so the check needs no
+extra copy. Gradient-accumulation micro-batches, a checkpoint recompute or a second forward
+before ``optimizer.step()`` see an unchanged latent and do not advance.
 
 State lives in registered buffers so ``state_dict``, ``.to()``, ``deepcopy`` and DDP treat it
 like any other buffer. The held binary state is an ``int8`` buffer: utilities that average float
 buffers (model EMA) copy it unchanged, so an averaged model still holds a valid binary state.
+The window and the held state are allocated uninitialised (``torch.empty``: no page is touched
+until the first update writes it) and nothing reads them before that update; a state_dict that
+lacks them describes a fresh site (the package's file writer leaves them out until they hold
+data).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import rule, sparse
 from .settings import SiteSettings
 
-# Elements processed at once by the full-site scans (bounded temporary memory for any size).
-_CHUNK = 1 << 20
-_SMALL_CHUNK = 1 << 16
-# Relative safety margin for the bound tests: a borderline element goes to the exact fallback.
-_MARGIN = 1e-9
-
-
-def log1mexp(z: Tensor) -> Tensor:
-    """``log(1 - exp(-z))`` for ``z >= 0``, accurate for tiny and for large ``z``."""
-    small = z < math.log(2.0)
-    return torch.where(small, torch.log(-torch.expm1(-z)), torch.log1p(-torch.exp(-z)))
-
-
-def log_certainty(x: Tensor, sigma: float) -> Tensor:
-    """``ℓ(x) = log(1 - f(x))`` for the peak-normalised Gaussian ``f``, in float64."""
-    x = x.to(torch.float64)
-    return log1mexp(x * x / (2.0 * sigma * sigma))
-
-
-def window_log(terms: Sequence[Tensor], sigma: float) -> Tensor:
-    """``L = Σ ℓ(x_i)`` over window terms, oldest first, always summed in the same order.
-
-    The same order everywhere makes an element's ``L`` bit-identical whether it is computed for
-    a few candidates or for a chunk of the site, so an element never outranks itself.
-    """
-    total = log_certainty(terms[0], sigma)
-    for v in terms[1:]:
-        total = total + log_certainty(v, sigma)
-    return total
-
-
-def _abs_for_log(v: Tensor, sigma: float) -> Tensor:
-    """Inverse of ``ℓ`` on ``|x|``: the magnitudes whose ``ℓ`` equals ``v`` (``v <= 0``).
-
-    ``ℓ(a) = log(1 - exp(-a²/2σ²))`` gives ``a = σ·sqrt(-2·log(1 - exp(v)))``, and
-    ``log(1 - exp(v))`` is ``log1mexp(-v)``; ``-inf`` maps to 0 and 0 to ``inf``.
-    """
-    v = v.to(torch.float64)
-    return sigma * torch.sqrt(-2.0 * log1mexp(-v))
-
-
-def count_above(
-    chunks: Callable[[int, int], Tensor], numel: int, thresholds: Tensor, k: int
-) -> Tensor:
-    """For each threshold ``v``, whether at least ``k`` elements are strictly above ``v``.
-
-    ``chunks(lo, hi)`` yields the values of elements ``lo..hi-1`` (computed on demand, so a
-    bound or a log value is never materialised for the whole site). Stops as soon as every
-    answer is known, which for the usual near-zero candidates is after a small prefix.
-    Returns a bool tensor aligned with ``thresholds``.
-    """
-    if thresholds.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=thresholds.device)
-    # Counts fall as the threshold rises: when the largest threshold already has k elements
-    # above it, every answer is yes. This settles the usual case from a small prefix.
-    top = thresholds.max()
-    seen = 0
-    for lo in range(0, numel, _SMALL_CHUNK):
-        hi = min(numel, lo + _SMALL_CHUNK)
-        seen += int((chunks(lo, hi) > top).sum())
-        if seen >= k:
-            return torch.ones_like(thresholds, dtype=torch.bool)
-        if seen + numel - hi < k:
-            break
-    order = torch.argsort(thresholds)
-    v = thresholds[order]
-    counts = torch.zeros(v.numel() + 1, dtype=torch.int64, device=v.device)
-    done = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
-    answer = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
-    for lo in range(0, numel, _CHUNK):
-        hi = min(numel, lo + _CHUNK)
-        vals = chunks(lo, hi).to(v.dtype)
-        # r = number of thresholds strictly below each value; value > v_j  <=>  j < r.
-        r = torch.searchsorted(v, vals, side="left")
-        counts += torch.bincount(r, minlength=v.numel() + 1)
-        above = counts.flip(0).cumsum(0).flip(0)[1:]
-        remaining = numel - hi
-        answer = above >= k
-        done = answer | (above + remaining < k)
-        if bool(done.all()):
-            break
-    out = torch.empty_like(answer)
-    out[order] = answer
-    return out
+PATHS = ("auto", "dense", "sparse")
+REFUSED_NONFINITE = 1
+REFUSED_ZERO_SIGMA = 2
+STATE_BUFFERS = ("window", "held", "num_updates", "sigma_value", "last_flips", "last_vetoed")
+"""The persistent state of a site, in ``state_dict`` order."""
+DATA_BUFFERS = ("window", "held")
+"""The per-element buffers: a state without them is a fresh state."""
 
 
 class _SignLikeGrad(torch.autograd.Function):
@@ -131,13 +80,16 @@ class _SignLikeGrad(torch.autograd.Function):
 class CSign(nn.Module):
     """Stateful c-sign of one site: call it with the latent tensor, get the binary value.
 
-    In training mode each call whose latent differs from the newest one in the window is one
-    update (SPEC section 3). Change is detected by comparing values, not ``_version``: old BNN
-    code writes ``p.data.add_()`` / ``p.data.clamp_()``, which does not bump the version counter,
-    and the newest latent is already kept for the window, so the check needs no extra copy.
-    Gradient-accumulation micro-batches, a checkpoint recompute or a second forward before
-    ``optimizer.step()`` see an unchanged latent and do not advance.
+    Usable on its own where a training loop binarizes weights outside ``forward``::
+
+        binarize = uc.CSign(p.shape, m=2, delta=0.1)
+        p.data = binarize(latent) * alpha
+
+    ``path`` (``"auto"``, ``"dense"`` or ``"sparse"``) picks the update; ``"auto"`` takes the
+    sparse one in eager CPU code and the dense one otherwise. Both decide the same.
     """
+
+    path: str = "auto"
 
     def __init__(
         self,
@@ -147,12 +99,13 @@ class CSign(nn.Module):
         delta: float = SiteSettings.delta,
         sigma: str | float = SiteSettings.sigma,
         uncertainty: str = SiteSettings.uncertainty,
+        threshold: str = SiteSettings.threshold,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         site: str = "c-sign site",
     ) -> None:
         super().__init__()
-        settings = SiteSettings(m, delta, sigma, uncertainty)
+        settings = SiteSettings(m, delta, sigma, uncertainty, threshold)
         if not dtype.is_floating_point:
             raise ValueError(f"{site}: the latent dtype must be floating point, got {dtype}")
         self.shape = torch.Size(shape)
@@ -160,35 +113,47 @@ class CSign(nn.Module):
         self.delta = settings.delta
         self.sigma = settings.sigma
         self.uncertainty = settings.uncertainty
+        self.threshold = settings.threshold
         self.site = site
-        self.register_buffer(
-            "window", torch.zeros(self.m + 1, *self.shape, dtype=dtype, device=device)
-        )
-        self.register_buffer("held", torch.zeros(self.shape, dtype=torch.int8, device=device))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64, device=device))
-        self.register_buffer("sigma_value", torch.zeros((), dtype=torch.float64, device=device))
-        self.register_buffer("last_flips", torch.zeros((), dtype=torch.int64, device=device))
-        self.register_buffer("last_vetoed", torch.zeros((), dtype=torch.int64, device=device))
+        opts = {"device": device}
+        self.register_buffer("window", torch.empty(self.m + 1, *self.shape, dtype=dtype, **opts))
+        self.register_buffer("held", torch.empty(self.shape, dtype=torch.int8, **opts))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64, **opts))
+        self.register_buffer("sigma_value", torch.zeros((), dtype=torch.float64, **opts))
+        self.register_buffer("last_flips", torch.zeros((), dtype=torch.int64, **opts))
+        self.register_buffer("last_vetoed", torch.zeros((), dtype=torch.int64, **opts))
+        # A dense update that refused its latent: why (REFUSED_*) and at which update.
+        self.register_buffer("refused", torch.zeros(2, dtype=torch.int64, **opts), persistent=False)
 
     # ----------------------------------------------------------------- public surface
     @property
     def numel(self) -> int:
-        return self.held.numel()
+        return self.shape.numel()
 
     @property
     def k(self) -> int:
-        """How many of the most certain elements may always flip (``ceil(delta · N)``)."""
+        """``ceil(delta · N)``, at least 1 and at most ``N`` (SPEC section 2)."""
         n = self.numel
         return min(n, max(1, math.ceil(self.delta * n)))
 
+    @property
+    def pass_count(self) -> int:
+        """``K``: an element passes the threshold when fewer than ``K`` elements are strictly
+        more certain (``k`` for the default reading, ``N - k + 1`` for the uncertain one)."""
+        return self.k if self.threshold == "certain" else self.numel - self.k + 1
+
     def extra_repr(self) -> str:
-        return (
-            f"shape={tuple(self.shape)}, m={self.m}, delta={self.delta}, sigma={self.sigma!r}"
-            + (f", uncertainty={self.uncertainty!r}" if self.uncertainty != "gaussian" else "")
-        )
+        text = f"shape={tuple(self.shape)}, m={self.m}, delta={self.delta}, sigma={self.sigma!r}"
+        if self.uncertainty != SiteSettings.uncertainty:
+            text += f", uncertainty={self.uncertainty!r}"
+        if self.threshold != SiteSettings.threshold:
+            text += f", threshold={self.threshold!r}"
+        return text
 
     def settings(self) -> dict[str, Any]:
-        return SiteSettings(self.m, self.delta, self.sigma, self.uncertainty).to_dict()
+        return SiteSettings(
+            self.m, self.delta, self.sigma, self.uncertainty, self.threshold
+        ).to_dict()
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape != self.shape:
@@ -196,9 +161,18 @@ class CSign(nn.Module):
                 f"{self.site}: latent shape {tuple(x.shape)} differs from the shape "
                 f"{tuple(self.shape)} this c-sign state was built for"
             )
-        if self.training and self._changed(x):
-            self.advance(x)
-        value = self.binary(x)
+        if self._dense(x):
+            if self.training:
+                self._update_dense(x)
+            xd = x.detach()
+            value = torch.where(self.num_updates > 0, self.held.to(xd.dtype), torch.sign(xd))
+        else:
+            self.check()
+            value = None
+            if self.training and self._changed(x):
+                value = self._update_sparse(x)
+            if value is None:
+                value = self.binary(x)
         if x.requires_grad and torch.is_grad_enabled():
             return _SignLikeGrad.apply(x, value)
         return value
@@ -212,238 +186,269 @@ class CSign(nn.Module):
         dtype = x.dtype if x is not None else self.window.dtype
         return self.held.to(dtype)
 
+    @torch.no_grad()
+    def advance(self, x: Tensor) -> None:
+        """Perform one update with latent ``x`` (normally called from ``forward``)."""
+        if self._dense(x):
+            self._update_dense(x, force=True)
+        else:
+            self.check()
+            self._update_sparse(x)
+
+    def check(self) -> None:
+        """Raise the error a dense update recorded instead of raising (a host read)."""
+        why, at = (int(v) for v in self.refused.tolist())
+        if why:
+            self.refused.zero_()
+            raise self._refusal(why, at)
+
     def uncertainty_sum(self) -> float:
         """Σ f̂_t over the site at the last update: the paper's "uncertainty of the network"."""
         t = int(self.num_updates)
         if t == 0:
             return 0.0
-        if self.uncertainty == "density":
-            return float(self._literal_fhat(t).sum())
-        sigma = float(self.sigma_value)
-        total = 0.0
-        for lo, hi in _ranges(self.numel):
-            total += float((-torch.expm1(self._log_window(t, lo, hi, sigma))).sum())
-        return total
-
-    @torch.no_grad()
-    def advance(self, x: Tensor) -> None:
-        """Perform one update with latent ``x`` (normally called from ``forward``)."""
-        t = int(self.num_updates) + 1
-        xd = x.detach().to(self.window.dtype)
-        if not _all_finite(xd):
-            raise FloatingPointError(
-                f"{self.site}: non-finite latent values at update {t}; "
-                "the c-sign state is left as it was"
-            )
         m1 = self.m + 1
-        slot = (t - 1) % m1
-        if t == 1:
-            sigma = self._resolve_sigma(xd)
-            self.held.copy_(torch.sign(xd).to(torch.int8))
-            self.window[slot].copy_(xd)
-            self.sigma_value.fill_(sigma)
-            self.last_flips.zero_()
-            self.last_vetoed.zero_()
-            self.num_updates.fill_(1)
-            return
-        flat = xd.reshape(-1)
-        held = self.held.reshape(-1)
-        cand = _sign_changes(flat, held)
-        allowed = self._decide(t, slot, flat, cand)
-        flips = cand[allowed]
-        held.index_copy_(0, flips, torch.sign(flat.index_select(0, flips)).to(torch.int8))
-        self.window[slot].copy_(xd)
-        self.last_flips.fill_(flips.numel())
-        self.last_vetoed.fill_(cand.numel() - flips.numel())
-        self.num_updates.fill_(t)
+        win = self.window.reshape(m1, -1)
+        first = max(1, t - self.m) if t > self.m else t
+        rows = [win[(i - 1) % m1] for i in range(first, t + 1)]
+        sigma = float(self.sigma_value)
+        if self.uncertainty == "density":
+            return float(rule.density_fhat(rows, sigma).sum())
+        total = 0.0
+        for lo in range(0, self.numel, rule.CHUNK):
+            hi = min(self.numel, lo + rule.CHUNK)
+            total += float((-torch.expm1(rule.window_log([r[lo:hi] for r in rows], sigma))).sum())
+        return total
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
     ):
-        # A state_dict saved before conversion has no c-sign keys: that means a fresh state.
-        keys = [prefix + name for name in self._buffers]
-        if not any(k in state_dict for k in keys):
-            for name, buf in self._buffers.items():
-                state_dict[prefix + name] = torch.zeros_like(buf)
+        # A state_dict saved before conversion has no c-sign keys: that means a fresh state. One
+        # written for a site that held nothing yet has its scalars but not the per-element
+        # buffers; nothing reads those before the first update, so they are left as they are.
+        present = [name for name in STATE_BUFFERS if prefix + name in state_dict]
+        fresh = not present or int(state_dict.get(prefix + "num_updates", 0)) == 0
+        for name in STATE_BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                continue
+            if name in DATA_BUFFERS and present and not fresh:
+                errors.append(
+                    f"{key} is missing while {prefix}num_updates says the site holds a state"
+                )
+                return
+            state_dict[key] = self._buffers[name] if name in DATA_BUFFERS else torch.zeros(())
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing, unexpected, errors
         )
 
-    # ----------------------------------------------------------------- internals
+    # ----------------------------------------------------------------- shared
+    def _dense(self, x: Tensor) -> bool:
+        if self.path != "auto":
+            if self.path not in PATHS:
+                raise ValueError(f"{self.site}: path={self.path!r}; use one of {PATHS}")
+            return self.path == "dense"
+        return torch.compiler.is_compiling() or x.device.type != "cpu"
+
+    def _refusal(self, why: int, at: int) -> Exception:
+        if why == REFUSED_ZERO_SIGMA:
+            return ValueError(
+                f"{self.site}: sigma={self.sigma!r} resolves to 0 at update {at} (the latent is "
+                "all zeros); give sigma as a positive number"
+            )
+        return FloatingPointError(
+            f"{self.site}: non-finite latent values at update {at}; "
+            "the c-sign state is left as it was"
+        )
+
+    def _sigma_of(self, x: Tensor) -> Tensor:
+        """σ resolved from the latent at the first update (float64, 0 when it cannot be)."""
+        if not isinstance(self.sigma, str):
+            return torch.full((), self.sigma, dtype=torch.float64, device=x.device)
+        xd = x.to(torch.float64)
+        if xd.numel() > 1:
+            spread = xd.std(unbiased=False)
+        else:
+            spread = torch.zeros((), dtype=torch.float64, device=x.device)
+        value = spread if self.sigma == "std" else spread * spread
+        usable = (value > 0) & torch.isfinite(value)
+        return torch.where(usable, value, xd.abs().mean())
+
+    # ----------------------------------------------------------------- dense update
+    @torch.no_grad()
+    def _update_dense(self, x: Tensor, *, force: bool = False) -> None:
+        """One update as tensor operations only: no host read, every branch a ``where``."""
+        m1 = self.m + 1
+        flat = x.detach().to(self.window.dtype).reshape(-1)
+        win = self.window.view(m1, -1)
+        held = self.held.view(-1)
+        t0 = self.num_updates
+        first = t0 == 0
+        newest = win.index_select(0, torch.remainder(t0 - 1, m1).reshape(1))[0]
+        changed = first | (flat != newest).any() if not force else torch.ones_like(first)
+        finite = torch.isfinite(flat).all()
+        sigma = torch.where(first, self._sigma_of(flat), self.sigma_value)
+        usable = finite & (sigma > 0)
+        do = changed & usable
+        signs = torch.sign(flat).to(torch.int8)
+        cand = (signs != held) & ~first
+        if self.uncertainty == "density":
+            allowed = self._allowed_density(flat, win, t0, sigma)
+        else:
+            allowed = self._allowed_gaussian(flat, win, t0, newest, sigma)
+        flip = cand & allowed
+        held.copy_(torch.where(do & (first | flip), signs, held))
+        slot = torch.remainder(t0, m1).reshape(1)
+        old = win.index_select(0, slot)[0]
+        win.index_copy_(0, slot, torch.where(do, flat, old).unsqueeze(0))
+        self.sigma_value.copy_(torch.where(do, sigma, self.sigma_value))
+        self.last_flips.copy_(torch.where(do, flip.sum(), self.last_flips))
+        self.last_vetoed.copy_(torch.where(do, (cand & ~allowed).sum(), self.last_vetoed))
+        why = torch.where(finite, REFUSED_ZERO_SIGMA, REFUSED_NONFINITE)
+        refused = changed & ~usable
+        self.refused.copy_(torch.where(refused, torch.stack([why, t0 + 1]), self.refused))
+        self.num_updates.add_(do.to(torch.int64))
+
+    def _allowed_gaussian(
+        self, flat: Tensor, win: Tensor, t0: Tensor, newest: Tensor, sigma: Tensor
+    ) -> Tensor:
+        """Which elements the rule lets take the sign of ``flat`` at update ``t0 + 1``."""
+        m, m1, n = self.m, self.m + 1, self.numel
+        t = t0 + 1
+        absx = flat.abs()
+        single = absx >= newest.abs()
+        rank = n - self.pass_count + 1
+        if m == 0:
+            return single | (absx >= rule.order_statistic(absx, rank))
+        rows = rule.window_rows(win, t0, m)
+        log_t = rule.window_log([*rows, flat], sigma)
+        oldest = win.index_select(0, torch.remainder(t0, m1).reshape(1))[0]
+        zero_shared = torch.zeros_like(single)
+        for row in rows:
+            zero_shared |= row == 0
+        long = (absx >= oldest.abs()) | zero_shared
+        middle = log_t >= rule.log_certainty(newest, sigma)
+        window_ok = torch.where(t <= m, single, torch.where(t == m1, middle, long))
+        # One order statistic: of |x| while the window has one term, of L after.
+        values = torch.where(t <= m, absx.to(torch.float64), log_t)
+        return window_ok | (values >= rule.order_statistic(values, rank))
+
+    def _allowed_density(self, flat: Tensor, win: Tensor, t0: Tensor, sigma: Tensor) -> Tensor:
+        """The literal-density rule, evaluated as written (an opt-in for experiments)."""
+        m, m1, n = self.m, self.m + 1, self.numel
+        t = t0 + 1
+        newest = win.index_select(0, torch.remainder(t0 - 1, m1).reshape(1))[0]
+        oldest = win.index_select(0, torch.remainder(t0, m1).reshape(1))[0]
+        rows = rule.window_rows(win, t0, m)
+        now = torch.where(
+            t <= m, rule.density(flat, sigma), rule.density_fhat([*rows, flat], sigma)
+        )
+        before = torch.where(
+            t - 1 <= m, rule.density(newest, sigma), rule.density_fhat([oldest, *rows], sigma)
+        )
+        rank = self.k if self.threshold == "certain" else n - self.k + 1
+        return now <= torch.maximum(before, rule.order_statistic(now, rank))
+
+    # ----------------------------------------------------------------- sparse update
     def _changed(self, x: Tensor) -> bool:
         t = int(self.num_updates)
         if t == 0:
             return True
         newest = self.window[(t - 1) % (self.m + 1)]
-        return not torch.equal(x.detach().to(newest.dtype), newest)
+        return not _same_values(x.detach().to(newest.dtype), newest)
 
-    def _resolve_sigma(self, x: Tensor) -> float:
-        if not isinstance(self.sigma, str):
-            return self.sigma
-        xd = x.to(torch.float64)
-        spread = float(xd.std(unbiased=False)) if xd.numel() > 1 else 0.0
-        value = spread if self.sigma == "std" else spread * spread
-        if value <= 0.0 or not math.isfinite(value):
-            value = float(xd.abs().mean())
-        if value <= 0.0:
-            raise ValueError(
-                f"{self.site}: sigma={self.sigma!r} resolves to 0 at update 1 (the latent is all "
-                "zeros); give sigma as a positive number"
-            )
-        return value
-
-    def _slot_of(self, t: int, i: int) -> int:
-        """Ring-buffer slot holding ``x_i`` (valid for ``t - m <= i <= t``)."""
-        return (i - 1) % (self.m + 1)
-
-    def _window_terms(self, t: int, lo: int, hi: int) -> list[Tensor]:
-        """Latent values ``x_i`` in the window of update ``t``, for elements ``lo..hi-1``."""
-        first = max(1, t - self.m) if t > self.m else t
-        return [self.window[self._slot_of(t, i)].reshape(-1)[lo:hi] for i in range(first, t + 1)]
-
-    def _log_window(self, t: int, lo: int, hi: int, sigma: float) -> Tensor:
-        """``L_t = log(1 - f̂_t)`` of elements ``lo..hi-1`` from the stored window."""
-        return window_log(self._window_terms(t, lo, hi), sigma)
-
-    def _decide(self, t: int, slot: int, flat: Tensor, cand: Tensor) -> Tensor:
-        """Which candidate flips the rule allows at update ``t`` (before the window is written)."""
-        if cand.numel() == 0:
-            return torch.zeros(0, dtype=torch.bool, device=flat.device)
-        if self.uncertainty == "density":
-            return self._literal_decide(t, slot, flat, cand)
-        m, sigma = self.m, float(self.sigma_value)
-        xc = flat.index_select(0, cand)
-        win = self.window.reshape(self.m + 1, -1)
-        if t <= m or m == 0:
-            prev = win[(t - 2) % (m + 1)].index_select(0, cand)
-            allowed = xc.abs() >= prev.abs()
-        elif t == m + 1:
-            terms = [win[i].index_select(0, cand) for i in range(m)] + [xc]
-            allowed = window_log(terms, sigma) >= log_certainty(terms[m - 1], sigma)
+    @torch.no_grad()
+    def _update_sparse(self, x: Tensor) -> Tensor:
+        """One update, evaluated for the elements whose sign changed; returns the new value."""
+        t = int(self.num_updates) + 1
+        xd = x.detach().to(self.window.dtype)
+        if not _all_finite(xd):
+            raise self._refusal(REFUSED_NONFINITE, t)
+        slot = (t - 1) % (self.m + 1)
+        flat = xd.reshape(-1)
+        out = torch.sign(flat)
+        held = self.held.view(-1)
+        if t == 1:
+            sigma = float(self._sigma_of(flat))
+            if sigma <= 0:
+                raise self._refusal(REFUSED_ZERO_SIGMA, t)
+            held.copy_(out)
+            self.sigma_value.fill_(sigma)
+            flips = vetoed = 0
         else:
-            oldest = win[slot].index_select(0, cand)
-            allowed = xc.abs() >= oldest.abs()
-            for i in range(m + 1):
-                if i != slot:
-                    allowed |= win[i].index_select(0, cand) == 0
-        pending = (~allowed).nonzero().squeeze(1)
-        if pending.numel() and self.k < self.numel:
-            allowed[pending] = self._within_threshold(t, slot, flat, cand.index_select(0, pending))
-        elif pending.numel():
+            cand = sparse.sign_changes(out, held)
+            allowed = self._decide_sparse(t, flat, cand)
+            flips_at, vetoed_at = torch.from_numpy(cand[allowed]), torch.from_numpy(cand[~allowed])
+            held.index_copy_(0, flips_at, out.index_select(0, flips_at).to(torch.int8))
+            out.index_copy_(0, vetoed_at, held.index_select(0, vetoed_at).to(out.dtype))
+            flips, vetoed = flips_at.numel(), vetoed_at.numel()
+        self.window[slot].copy_(xd)
+        self.last_flips.fill_(flips)
+        self.last_vetoed.fill_(vetoed)
+        self.num_updates.fill_(t)
+        return out.view(self.shape)
+
+    def _decide_sparse(self, t: int, flat: Tensor, cand: np.ndarray) -> np.ndarray:
+        """Which candidate flips the rule allows at update ``t`` (before the window is written)."""
+        if cand.size == 0:
+            return np.zeros(0, dtype=bool)
+        m, m1, t0 = self.m, self.m + 1, t - 1
+        win = self.window.view(m1, -1)
+        if self.uncertainty == "density":
+            allowed = self._allowed_density(flat, win, torch.tensor(t0), self.sigma_value)
+            return allowed.numpy()[cand]
+        x, rows = sparse.host(flat), sparse.host(win)
+        newest = rows[(t0 - 1) % m1]
+        if t <= m or m == 0:
+            allowed = np.abs(x[cand]) >= np.abs(newest[cand])
+        elif t == m1:
+            # Once per run: the full arrays, as the dense path computes them.
+            log_t = rule.window_L(win, t0, m, flat, self.sigma_value)
+            middle = log_t >= rule.log_certainty(win[(t0 - 1) % m1], self.sigma_value)
+            allowed = middle.numpy()[cand]
+        else:
+            allowed = np.abs(x[cand]) >= np.abs(rows[t0 % m1][cand])
+            for i in range(1, m1):
+                allowed |= rows[(t0 + i) % m1][cand] == 0
+        pending = np.flatnonzero(~allowed)
+        if pending.size == 0:
+            return allowed
+        if self.pass_count >= self.numel:
             allowed[pending] = True
+        else:
+            allowed[pending] = self._within_threshold(t, flat, cand[pending])
         return allowed
 
-    def _within_threshold(self, t: int, slot: int, flat: Tensor, idx: Tensor) -> Tensor:
-        """``f̂_t <= Δ_t`` for elements ``idx``: fewer than ``k`` elements are more certain."""
-        k, n, sigma, m = self.k, self.numel, float(self.sigma_value), self.m
+    def _within_threshold(self, t: int, flat: Tensor, idx: np.ndarray) -> np.ndarray:
+        """``f̂_t <= Δ_t`` for elements ``idx``: fewer than ``K`` elements are more certain."""
+        K, n, m, m1, t0 = self.pass_count, self.numel, self.m, self.m + 1, t - 1
+        x = sparse.host(flat)
         if t <= m or m == 0:
-            # A single term: L is ordered like |x_t|, so count larger magnitudes exactly.
-            absx = flat.abs()
-            more = count_above(lambda lo, hi: absx[lo:hi], n, absx.index_select(0, idx), k)
-            return ~more
-        win = self.window.reshape(m + 1, -1)
-        # The window of update t, oldest first: x_{t-m} .. x_{t-1} from the ring, then x_t.
-        others = [win[self._slot_of(t, i)] for i in range(t - m, t)]
-
-        def min_abs(lo: int, hi: int) -> Tensor:
-            a = flat[lo:hi].abs()
-            for w in others:
-                a = torch.minimum(a, w[lo:hi].abs())
-            return a
-
-        terms = [w.index_select(0, idx) for w in others] + [flat.index_select(0, idx)]
-        log_c = window_log(terms, sigma)
-        decided = torch.zeros(idx.numel(), dtype=torch.bool, device=flat.device)
-        result = torch.zeros(idx.numel(), dtype=torch.bool, device=flat.device)
-        # Sure veto: k elements whose lower bound (m+1)·ℓ(min|x|) already beats L_j.
-        veto_at = _abs_for_log(log_c / (m + 1), sigma) * (1 + _MARGIN)
-        sure_veto = count_above(min_abs, n, veto_at, k)
-        decided |= sure_veto
-        # Sure allow: fewer than k elements whose upper bound ℓ(min|x|) beats L_j.
-        open_ = (~decided).nonzero().squeeze(1)
-        if open_.numel():
-            allow_at = _abs_for_log(log_c[open_], sigma) * (1 - _MARGIN)
-            sure_allow = ~count_above(min_abs, n, allow_at, k)
-            result[open_[sure_allow]] = True
-            decided[open_[sure_allow]] = True
-        open_ = (~decided).nonzero().squeeze(1)
-        if open_.numel():
-            # Exact fallback: L of every element, counted in chunks.
-            def log_all(lo: int, hi: int) -> Tensor:
-                return window_log([w[lo:hi] for w in others] + [flat[lo:hi]], sigma)
-
-            result[open_] = ~count_above(log_all, n, log_c[open_], k)
-        return result
-
-    # The literal density form is an opt-in for experiments; it is evaluated as written.
-    def _literal_f(self, x: Tensor, sigma: float) -> Tensor:
-        x = x.to(torch.float64)
-        return torch.exp(-x * x / (2 * sigma * sigma)) / (math.sqrt(2 * math.pi) * sigma)
-
-    def _literal_fhat_terms(self, terms: list[Tensor], sigma: float) -> Tensor:
-        if len(terms) == 1:
-            return self._literal_f(terms[0], sigma)
-        prod = torch.ones_like(terms[0], dtype=torch.float64)
-        for v in terms:
-            prod = prod * (1 - self._literal_f(v, sigma))
-        return 1 - prod
-
-    def _literal_fhat(self, t: int) -> Tensor:
-        return self._literal_fhat_terms(
-            self._window_terms(t, 0, self.numel), float(self.sigma_value)
-        )
-
-    def _literal_decide(self, t: int, slot: int, flat: Tensor, cand: Tensor) -> Tensor:
-        sigma, m = float(self.sigma_value), self.m
-        win = self.window.reshape(m + 1, -1)
-        cur = [win[self._slot_of(t, i)] for i in range(max(1, t - m), t)] + [flat]
-        cur = cur[-1:] if t <= m else cur
-        fhat_t = self._literal_fhat_terms(cur, sigma)
-        prev = self._literal_fhat(t - 1).reshape(-1)
-        delta_t = torch.kthvalue(fhat_t.cpu(), self.k).values.to(fhat_t.device)
-        ok = fhat_t <= torch.maximum(prev, delta_t)
-        return ok.index_select(0, cand)
+            # One term: L is ordered like |x_t|, so count larger magnitudes exactly.
+            absx = np.abs(x)
+            return ~sparse.count_above(lambda lo, hi: absx[lo:hi], n, absx[idx], K)
+        win = self.window.view(m1, -1)
+        rows = [sparse.host(r) for r in rule.window_rows(win, t0, m)]
+        decided, allowed = sparse.bound_decisions([*rows, x], idx, float(self.sigma_value), K)
+        open_ = np.flatnonzero(~decided)
+        if open_.size:
+            # Exact: the full-site L and its order statistic, as the dense path has them.
+            log_t = rule.window_L(win, t0, m, flat, self.sigma_value)
+            q = rule.order_statistic(log_t, n - K + 1)
+            allowed[open_] = (log_t >= q).numpy()[idx[open_]]
+        return allowed
 
 
-def _ranges(n: int) -> Iterator[tuple[int, int]]:
-    for lo in range(0, n, _CHUNK):
-        yield lo, min(n, lo + _CHUNK)
-
-
-def _sign_changes(flat: Tensor, held: Tensor) -> Tensor:
-    """Indices where ``sign(x)`` differs from the held state, found chunk by chunk.
-
-    Few elements change sign per update, so the scan is the cost. The signs are compared as
-    packed words (eight int8 signs per int64), and only the few differing words are unpacked;
-    small reused scratch buffers keep the scan in cache and off freshly faulted pages.
-    """
-    n = flat.numel()
-    size = min(n, _CHUNK)
-    signs = torch.empty(size, dtype=flat.dtype, device=flat.device)
-    signs8 = torch.empty(size, dtype=torch.int8, device=flat.device)
-    found = []
-    for lo, hi in _ranges(n):
-        w = hi - lo
-        torch.sign(flat[lo:hi], out=signs[:w])
-        signs8[:w].copy_(signs[:w])
-        packed = w - w % 8
-        if packed:
-            words = torch.ne(
-                signs8[:packed].view(torch.int64), held[lo : lo + packed].view(torch.int64)
-            )
-            hot = words.nonzero().squeeze(1)
-            if hot.numel():
-                rows = torch.ne(
-                    signs8[:packed].view(-1, 8).index_select(0, hot),
-                    held[lo : lo + packed].view(-1, 8).index_select(0, hot),
-                ).nonzero()
-                found.append(hot[rows[:, 0]] * 8 + rows[:, 1] + lo)
-        if packed < w:
-            tail = torch.ne(signs8[packed:w], held[lo + packed : hi]).nonzero().squeeze(1)
-            found.append(tail + lo + packed)
-    if not found:
-        return torch.zeros(0, dtype=torch.int64, device=flat.device)
-    return torch.cat(found)
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """``torch.equal`` by value; identical bits (the common unchanged case) are compared as
+    64-bit words, which is several times faster than comparing floats."""
+    if a.is_contiguous() and b.is_contiguous() and a.element_size() * a.numel() % 8 == 0:
+        try:
+            if torch.equal(a.view(-1).view(torch.int64), b.view(-1).view(torch.int64)):
+                return True
+        except RuntimeError:  # a storage offset that is not 8-byte aligned
+            pass
+    return torch.equal(a, b)
 
 
 def _all_finite(x: Tensor) -> bool:

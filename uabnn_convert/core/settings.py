@@ -15,9 +15,12 @@ from typing import Any
 
 SIGMA_MODES = ("std", "var")
 UNCERTAINTY_FORMS = ("gaussian", "density")
+THRESHOLD_READINGS = ("certain", "uncertain")
 
 
-def validate_settings(m: Any, delta: Any, sigma: Any, uncertainty: Any = "gaussian") -> None:
+def validate_settings(
+    m: Any, delta: Any, sigma: Any, uncertainty: Any = "gaussian", threshold: Any = "certain"
+) -> None:
     """Raise ``ValueError`` naming the argument, its value and what is allowed."""
     if isinstance(m, bool) or not isinstance(m, int) or m < 0:
         raise ValueError(f"m={m!r} is not allowed: m must be a non-negative integer (e.g. 2)")
@@ -46,6 +49,8 @@ def validate_settings(m: Any, delta: Any, sigma: Any, uncertainty: Any = "gaussi
         raise ValueError(
             f"uncertainty={uncertainty!r} is not allowed: use one of {UNCERTAINTY_FORMS}"
         )
+    if threshold not in THRESHOLD_READINGS:
+        raise ValueError(f"threshold={threshold!r} is not allowed: use one of {THRESHOLD_READINGS}")
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,22 @@ class SiteSettings:
     uncertainty function, ``"std"`` (of the latent at the first update), ``"var"`` (the paper's
     literal wording) or a positive number. ``uncertainty``: ``"gaussian"`` (peak-normalised, the
     default) or ``"density"`` (the paper's literal density, for experiments only).
+    ``threshold``: which end of the sorted ``f̂`` the paper's "percent of the sorted values"
+    counts from. ``"certain"`` (the default, SPEC section 2): ``Δ_t`` is the ``k``-th smallest
+    ``f̂``, so the ``delta`` most certain weights may always flip, and ``delta = 1`` is plain
+    sign. ``"uncertain"`` (opt-in): ``Δ_t`` is the ``k``-th largest ``f̂``, so every weight but
+    the ``delta`` most uncertain may always flip; a small ``delta`` then vetoes only among the
+    most uncertain weights, and ``delta = 1`` vetoes whatever the window vetoes.
     """
 
     m: int = 2
     delta: float = 0.1
     sigma: str | float = "std"
     uncertainty: str = "gaussian"
+    threshold: str = "certain"
 
     def __post_init__(self) -> None:
-        validate_settings(self.m, self.delta, self.sigma, self.uncertainty)
+        validate_settings(self.m, self.delta, self.sigma, self.uncertainty, self.threshold)
         object.__setattr__(self, "delta", float(self.delta))
         if not isinstance(self.sigma, str):
             object.__setattr__(self, "sigma", float(self.sigma))

@@ -51,12 +51,14 @@ class CSignSite(CSign):
         *,
         family: str = "generic",
         op_label: str = "torch.sign",
+        pattern: str = "",
         **settings: Any,
     ) -> None:
         super().__init__(shape, **settings)
         self.op = op
         self.family = family
         self.op_label = op_label
+        self.pattern = pattern
 
     def extra_repr(self) -> str:
         return f"{self.op_label}, family={self.family}, " + super().extra_repr()

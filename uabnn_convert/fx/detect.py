@@ -1,17 +1,29 @@
-"""Find the weight-sign sites of a model: one data-flow rule, then a family name for the report.
+"""Find the weight-sign sites of a model: one data-flow rule, then a label for the report.
 
-The rule: a sign op (``torch.sign``, ``Tensor.sign``, or an ``autograd.Function`` whose forward
-calls sign exactly once) is a *weight* site when its input is computed from the module's
-parameters, buffers and constants only — no placeholder (model input) among its ancestors.
-Activation signs depend on the input and are left alone. The family (bireal, reactnet, irnet,
-bonn, xnor, generic) is read from the ops around the site and is only a label: the rewrite
-does the same thing for every family.
+The rule: a sign op (``torch.sign``, ``Tensor.sign``, an ``autograd.Function`` or a child module
+whose forward calls sign exactly once) is a *weight* site when its input is computed from the
+module's parameters, buffers and constants only — no placeholder (model input) among its
+ancestors. Activation signs depend on the input and are left alone.
+
+Labels are only labels (the rewrite does the same thing for every site). ``pattern`` says what
+was seen around the sign — how the latent is prepared (centred, standardised, clamped), how the
+gradient passes (a Function, an STE by ``.detach()`` arithmetic with or without a clip, none),
+how the result is scaled. ``family`` names a method only when the pattern identifies it:
+``irnet`` (a Function on the mean-centred, std-normalised weight, power-of-two scale), ``recu``
+(a standardised, clamped weight), ``bitnet`` (the sign of the mean-centred weight), ``xnor`` (a
+Function computing ``mean|W|·sign(W)``), ``bireal/reactnet`` (Bi-Real's binarizer: detached
+``mean|W|`` scale and a clipped STE — ReActNet reuses it unchanged, so the two cannot be told
+apart from the weight path), else ``generic``.
+
+Every module that owns parameters and cannot be traced faithfully is reported with the reason
+(:class:`Skipped`), except a binarizer child whose parent's site already covers it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,12 +34,14 @@ from torch.overrides import TorchFunctionMode
 from ..core import CSign
 from ..core.site import SIGN_FUNCS
 from .tracing import (
+    MODULE_MACHINERY,
     OwnGraphs,
     ancestors,
     autograd_function_of,
     evaluate_args,
     fetch_attr,
     original_class,
+    plain_value,
     shared_trace_patches,
     trace_module,
 )
@@ -38,13 +52,14 @@ class FoundSite:
     """One weight-sign op in one module's graph."""
 
     name: str  # attribute name of the site under its owner, e.g. "weight_csign"
-    op: Callable[..., torch.Tensor]
+    op: Callable[..., torch.Tensor] | None
     op_label: str
     family: str
     shape: torch.Size
     dtype: torch.dtype
     device: torch.device
     source: str  # parameter or buffer the latent is computed from
+    pattern: str = ""
 
 
 @dataclass
@@ -60,8 +75,11 @@ class ModuleSites:
 
 @dataclass
 class Skipped:
+    """A module the trace could not capture (or a site it could not convert), and why."""
+
     module: str
     reason: str
+    target: nn.Module | None = None
 
 
 class SignRecorder(TorchFunctionMode):
@@ -132,21 +150,53 @@ def op_name(node: fx.Node) -> str:
     return node.op
 
 
-# Family rules, first match wins. Each reads a small context of op names around the site.
-FAMILY_RULES: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
-    ("irnet", lambda c: "std" in c["before"]),
-    ("bonn", lambda c: c["learned_scale"]),
-    ("reactnet", lambda c: c["flattened"] and "clamp" in c["after"]),
-    ("bireal", lambda c: "clamp" in c["after"]),
-    ("xnor", lambda c: {"mean", "abs"} <= (c["inside"] | c["after"])),
-)
-
-
-def family_of(context: dict[str, Any]) -> str:
-    for name, rule in FAMILY_RULES:
-        if rule(context):
-            return name
-    return "generic"
+# ------------------------------------------------------------------------------------ labels
+def label_site(context: dict[str, Any]) -> tuple[str, str]:
+    """``(family, pattern)`` from the ops around a site (see the module docstring)."""
+    before, after, inside = context["before"], context["after"], context["inside"]
+    scale = context["scale"]
+    kind = context["kind"]
+    centred = "sub" in before or "__sub__" in before
+    standardised = bool({"std", "var"} & before)
+    clamped_before = bool({"clamp", "clip", "hardtanh"} & before)
+    detach_ste = "detach" in after and bool({"add", "__add__", "sub", "__sub__"} & after)
+    clipped = bool({"clamp", "clip", "hardtanh"} & after)
+    absmean = {"abs", "mean"} <= (scale | inside)
+    power_of_two = "pow" in scale
+    prep = [
+        word
+        for word, seen in (
+            ("centred", centred and not standardised),
+            ("standardised", standardised),
+            ("clamped", clamped_before),
+        )
+        if seen
+    ]
+    if kind == "function":
+        grad = f"Function {context['op_label'].removesuffix('.apply')}"
+    elif kind == "module":
+        grad = f"module {context['op_label'].removesuffix(' (module)')}"
+    elif detach_ste:
+        grad = "clip STE" if clipped else "identity STE"
+    else:
+        grad = "plain sign (zero gradient)"
+    scaled = "learned scale" if context["learned_scale"] else ""
+    scaled = scaled or ("power-of-two scale" if power_of_two else "")
+    scaled = scaled or ("mean|W| scale" if absmean else "")
+    pattern = ", ".join(p for p in (*prep, grad, scaled) if p)
+    if kind == "function" and standardised and power_of_two:
+        family = "irnet"
+    elif standardised and clamped_before:
+        family = "recu"
+    elif centred and not standardised and kind != "function" and absmean:
+        family = "bitnet"
+    elif kind == "function" and {"abs", "mean"} <= inside:
+        family = "xnor"
+    elif grad == "clip STE" and absmean and not context["learned_scale"] and not prep:
+        family = "bireal/reactnet"
+    else:
+        family = "generic"
+    return family, pattern
 
 
 def _source_of(module: nn.Module, inputs: list[fx.Node]) -> str:
@@ -177,18 +227,32 @@ def _breadth_first(inputs: list[fx.Node]) -> list[fx.Node]:
     return list(order)
 
 
-def _learned_scale(node: fx.Node, module: nn.Module, source: str) -> bool:
-    for user in descendants(node, depth=5):
-        if op_name(user) not in ("mul", "__mul__", "mul_"):
-            continue
-        for arg in user.all_input_nodes:
-            if arg.op == "get_attr" and arg.target != source:
-                attr = fetch_attr(module, arg.target)
-                if isinstance(attr, nn.Parameter):
-                    return True
-    return False
+_SCALING = frozenset({"mul", "__mul__", "mul_", "truediv", "__truediv__", "div"})
 
 
+def _scale_context(node: fx.Node, module: nn.Module, source: str) -> tuple[set[str], bool]:
+    """The ops that compute what the sign's result is multiplied (or divided) by, and whether
+    a parameter other than the latent's own is among them (a learned scale)."""
+    below = set(descendants(node, depth=5))
+    factors = [
+        arg
+        for user in below
+        if op_name(user) in _SCALING
+        for arg in user.all_input_nodes
+        if arg is not node and arg not in below
+    ]
+    behind = ancestors(factors)
+    learned = any(
+        n.op == "get_attr"
+        and n.target != source
+        and "uabnn_constant" not in n.meta
+        and isinstance(fetch_attr(module, n.target), nn.Parameter)
+        for n in behind
+    )
+    return {op_name(n) for n in behind}, learned
+
+
+# ------------------------------------------------------------------------------------ sites
 def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[FoundSite], dict]:
     """The weight-sign sites in ``module``'s graphs; same site names across both modes."""
     sites: dict[str, FoundSite] = {}
@@ -197,10 +261,10 @@ def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[F
     for graph in graphs.graphs():
         used: dict[str, int] = {}
         for node, kind in candidates(graph, module):
-            found = _describe(owner, module, node, kind, problems)
+            found = _describe(module, node, kind, problems)
             if found is None:
                 continue
-            found.name = _free_name(module, f"{found.source.replace('.', '_')}_csign", used)
+            found.name = site_name(module, found.source, used)
             prior = sites.get(found.name)
             if prior is not None and (prior.shape, prior.op) != (found.shape, found.op):
                 problems.append(f"site {found.name} differs between training and eval mode")
@@ -210,9 +274,10 @@ def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[F
     return list(sites.values()), {"nodes": node_names, "problems": problems}
 
 
-def _free_name(module: nn.Module, base: str, used: dict[str, int]) -> str:
-    """``base``, ``base_1``, … in the order sites appear, skipping names the module already
-    has (other than c-sign sites, which are this site's own state in a patched model)."""
+def site_name(module: nn.Module, source: str, used: dict[str, int]) -> str:
+    """``<source>_csign``, ``<source>_csign_1``, … in the order sites appear, skipping names
+    the module already has (other than c-sign sites: a patched model's own state)."""
+    base = f"{source.replace('.', '_')}_csign"
     count = used.get(base, 0)
     while True:
         name = base if count == 0 else f"{base}_{count}"
@@ -223,9 +288,7 @@ def _free_name(module: nn.Module, base: str, used: dict[str, int]) -> str:
             return name
 
 
-def _describe(
-    owner: str, module: nn.Module, node: fx.Node, kind: str, problems: list[str]
-) -> FoundSite | None:
+def _describe(module: nn.Module, node: fx.Node, kind: str, problems: list[str]) -> FoundSite | None:
     inputs = list(node.all_input_nodes)
     source = _source_of(module, inputs)
     cache: dict[fx.Node, Any] = {}
@@ -256,72 +319,116 @@ def _describe(
             op, label, inside = torch.sign, kind, set()
     if not isinstance(latent, torch.Tensor) or not latent.is_floating_point():
         return None
-    source_value = fetch_attr(module, source) if source != "const" else latent
+    scale_ops, learned = _scale_context(node, module, source)
     context = {
+        "kind": kind,
+        "op_label": label,
         "before": {op_name(n) for n in ancestors(inputs)},
         "after": {op_name(a) for d in descendants(node) for a in [d, *d.all_input_nodes]},
+        "scale": scale_ops,
         "inside": inside,
-        "flattened": isinstance(source_value, torch.Tensor) and source_value.dim() < latent.dim(),
-        "learned_scale": _learned_scale(node, module, source),
+        "learned_scale": learned,
     }
+    family, pattern = label_site(context)
     return FoundSite(
         name="",
         op=op,
         op_label=label,
-        family=family_of(context),
+        family=family,
         shape=latent.shape,
         dtype=latent.dtype,
         device=latent.device,
         source=source,
+        pattern=pattern,
     )
 
 
-def scan(model: nn.Module, *, traced_class: Callable[[nn.Module], type] = original_class):
+# ------------------------------------------------------------------------------------ scan
+def scan(
+    model: nn.Module, *, traced_class: Callable[[nn.Module], type] = original_class
+) -> tuple[list[ModuleSites], list[Skipped]]:
     """Trace every candidate module once and collect its weight-sign sites.
 
-    Built-in ``torch.nn`` layers are skipped (they never sign their weights), and a class whose
-    forward has no sign op at all is traced only once. Returns ``(found, skipped)``.
+    Built-in ``torch.nn`` layers are skipped (they never sign their weights). Modules with
+    equal :func:`trace_key` share one trace: the first is traced, the others get a copy of its
+    graphs and sites. Returns ``(found, skipped)``: the modules with sites, and every module
+    that owns parameters but could not be captured (with the reason).
     """
     found: list[ModuleSites] = []
     skipped: list[Skipped] = []
-    sign_free: set[tuple] = set()
+    cache: dict[tuple, tuple[ModuleSites | None, str | None]] = {}
     with shared_trace_patches():
         for owner, module in model.named_modules():
-            _scan_one(owner, module, traced_class, sign_free, found, skipped)
-    return found, skipped
+            _scan_one(owner, module, traced_class, cache, found, skipped)
+    covered = {
+        id(f.module.get_submodule(node.target))
+        for f in found
+        for node in f.nodes
+        if sign_kind(node) == "module"
+    }
+    return found, [s for s in skipped if id(s.target) not in covered]
 
 
 def _scan_one(
     owner: str,
     module: nn.Module,
     traced_class: Callable[[nn.Module], type],
-    sign_free: set[tuple],
+    cache: dict[tuple, tuple[ModuleSites | None, str | None]],
     found: list[ModuleSites],
     skipped: list[Skipped],
 ) -> None:
-    """Trace one module and record its sites (or why it could not be traced)."""
+    """Trace one module (or reuse the trace of an equal one) and record its sites."""
     cls = traced_class(module)
+    if cls.__module__.startswith("torch.") or isinstance(module, CSign):
+        return
     key = trace_key(cls, module)
-    if cls.__module__.startswith("torch.") or key in sign_free or isinstance(module, CSign):
+    if key in cache:
+        template, refusal = cache[key]
+        if refusal is not None:
+            _refused(owner, module, refusal, skipped)
+        elif template is not None:
+            found.append(_copy_sites(template, owner, module))
         return
     try:
-        with _as_class(module, cls):
+        with as_class(module, cls):
             graphs = trace_module(module)
-    except Exception as exc:  # any trace failure is reported, never fatal
-        if _mentions_sign(cls):
-            skipped.append(Skipped(owner or "<root>", _one_line(exc)))
+    except Exception as exc:  # any trace failure is reported (for modules that own weights)
+        reason = _one_line(exc)
+        cache[key] = (None, reason)
+        _refused(owner, module, reason, skipped)
         return
     if not any(candidates(g, module) for g in graphs.graphs()):
-        sign_free.add(key)
+        cache[key] = (None, None)
         return
     sites, info = find_sites(owner, module, graphs)
     for problem in info["problems"]:
-        skipped.append(Skipped(owner or "<root>", problem))
-    if sites:
-        found.append(ModuleSites(owner, module, graphs, sites, info["nodes"]))
+        skipped.append(Skipped(owner or "<root>", problem, module))
+    entry = ModuleSites(owner, module, graphs, sites, info["nodes"]) if sites else None
+    cache[key] = (entry, None)
+    if entry is not None:
+        found.append(entry)
 
 
-class _as_class:
+def _refused(owner: str, module: nn.Module, reason: str, skipped: list[Skipped]) -> None:
+    if any(p is not None for p in module._parameters.values()):
+        skipped.append(Skipped(owner or "<root>", reason, module))
+
+
+def _copy_sites(template: ModuleSites, owner: str, module: nn.Module) -> ModuleSites:
+    """Another instance's sites: a copy of the template's graphs with its nodes re-found by
+    name (equal trace keys give equal graphs), the site specs with this module's device."""
+    graphs = copy.deepcopy(template.graphs)
+    lookup = {
+        id(old): {n.name: n for n in new.nodes}
+        for old, new in zip(template.graphs.graphs(), graphs.graphs(), strict=True)
+    }
+    nodes = {lookup[id(old.graph)][old.name]: site for old, site in template.nodes.items()}
+    device = next((t.device for t in module.parameters(recurse=False)), None)
+    sites = [replace(s, device=device or s.device) for s in template.sites]
+    return ModuleSites(owner, module, graphs, sites, nodes)
+
+
+class as_class:
     """Temporarily give ``module`` another class (to trace its original forward)."""
 
     def __init__(self, module: nn.Module, cls: type) -> None:
@@ -335,59 +442,32 @@ class _as_class:
         self.module.__class__ = self.prev
 
 
-_MODULE_MACHINERY = frozenset(vars(nn.Module()))
-_PLAIN = (bool, int, float, str, type(None))
-
-
-def _plain_value(value: object) -> bool:
-    if isinstance(value, _PLAIN):
-        return True
-    return isinstance(value, tuple) and all(_plain_value(v) for v in value)
-
-
 def trace_key(cls: type, module: nn.Module) -> tuple:
     """What a trace of ``module``'s own forward depends on besides tensor values.
 
     Its class; every attribute of its own that is not ``nn.Module`` machinery — plain values
-    (numbers, strings, tuples of them) by value, tensors by shape and dtype, anything else
-    (a function, a list, an object) by identity; the class of each child (the graph calls
+    (numbers, strings, tuples of them) by value, tensors by shape, dtype and device, anything
+    else (a function, a list, an object) by identity; the class of each child (the graph calls
     children, and a binarizing child is a site); and the shapes of its parameters and buffers.
     Modules with equal keys trace to the same graph.
     """
     attrs = []
     for key, value in sorted(vars(module).items()):
-        if key in _MODULE_MACHINERY:
+        if key in MODULE_MACHINERY:
             continue
-        if _plain_value(value):
+        if plain_value(value):
             attrs.append((key, repr(value)))
         elif isinstance(value, torch.Tensor):
-            attrs.append((key, "tensor", tuple(value.shape), value.dtype))
+            attrs.append((key, "tensor", tuple(value.shape), value.dtype, value.device))
         else:
             attrs.append((key, "object", id(value)))
     children = tuple((k, type(c)) for k, c in module._modules.items())
     tensors = tuple(
-        (k, tuple(t.shape), t.dtype)
+        (k, tuple(t.shape), t.dtype, t.device, isinstance(t, nn.Parameter))
         for k, t in [*module._parameters.items(), *module._buffers.items()]
         if t is not None
     )
-    return cls, tuple(attrs), children, tensors
-
-
-def _mentions_sign(cls: type) -> bool:
-    """Whether a class that failed to trace is worth reporting: its source (any method, any
-    base class of the model's own code) binarizes something or calls a Function."""
-    import inspect
-
-    for klass in cls.__mro__:
-        if klass.__module__.startswith("torch.") or klass is object:
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        if any(word in source for word in ("sign", ".apply(", "binar")):
-            return True
-    return False
+    return cls, module.training, tuple(attrs), children, tensors
 
 
 def _one_line(exc: BaseException) -> str:

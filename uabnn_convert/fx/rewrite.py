@@ -21,8 +21,16 @@ import torch.fx as fx
 from torch import nn
 
 from ..core import CSignSite
-from .detect import ModuleSites, scan, sign_kind
-from .tracing import evaluate_args, install_forward, is_rewritten, restore_class
+from .detect import FoundSite, ModuleSites, as_class, find_sites, scan, sign_kind
+from .tracing import (
+    evaluate_args,
+    install_forward,
+    is_rewritten,
+    original_class,
+    restore_class,
+    shared_trace_patches,
+    trace_module,
+)
 
 SettingsFor = Callable[[str, str], dict[str, Any]]
 SITE_SUFFIX = "_csign"
@@ -68,33 +76,63 @@ class ConvertSigns:
         made = []
         for spec in found.sites:
             qualname = f"{found.owner}.{spec.name}" if found.owner else spec.name
-            site = CSignSite(
-                spec.op,
-                spec.shape,
-                family=spec.family,
-                op_label=spec.op_label,
-                dtype=spec.dtype,
-                device=spec.device,
-                site=qualname,
-                **self.settings_for(found.owner, spec.name),
-            )
+            site = _new_site(spec, qualname, self.settings_for(found.owner, spec.name))
             site.train(module.training)
             module.add_module(spec.name, site)
             made.append(site)
-        for graph in found.graphs.graphs():
-            for node, name in _site_nodes(graph, found):
-                kind = sign_kind(node)
-                if kind == "function":
-                    args, kwargs = node.args, dict(node.kwargs)
-                elif kind == "module":
-                    with graph.inserting_before(node):
-                        child = graph.get_attr(node.target)
-                    args, kwargs = (child, *node.args), dict(node.kwargs)
-                else:
-                    args, kwargs = (node.args[0],), {}
-                _replace(graph, node, lambda: graph.call_module(name, args, kwargs))  # noqa: B023
-        install_forward(module, found.graphs, found.owner or "<root>")
+        _call_sites(found)
+        install_forward(module, found.graphs, found.owner or "<root>", refresh_converted)
         return made
+
+
+def _new_site(spec: FoundSite, qualname: str, settings: dict[str, Any]) -> CSignSite:
+    return CSignSite(
+        spec.op,
+        spec.shape,
+        family=spec.family,
+        op_label=spec.op_label,
+        pattern=spec.pattern,
+        dtype=spec.dtype,
+        device=spec.device,
+        site=qualname,
+        **settings,
+    )
+
+
+def _call_sites(found: ModuleSites) -> None:
+    """Rewrite each site node of the graphs into a call of its site submodule."""
+    for graph in found.graphs.graphs():
+        for node, name in _site_nodes(graph, found):
+            kind = sign_kind(node)
+            if kind == "function":
+                args, kwargs = node.args, dict(node.kwargs)
+            elif kind == "module":
+                with graph.inserting_before(node):
+                    child = graph.get_attr(node.target)
+                args, kwargs = (child, *node.args), dict(node.kwargs)
+            else:
+                args, kwargs = (node.args[0],), {}
+            _replace(graph, node, lambda: graph.call_module(name, args, kwargs))  # noqa: B023
+
+
+def refresh_converted(module: nn.Module) -> None:
+    """Capture a converted module again after an attribute its graphs read has changed (an
+    epoch counter, a schedule): its sites keep their state, a site the new trace finds for the
+    first time gets the settings of the module's other sites."""
+    existing = {n: c for n, c in module.named_children() if isinstance(c, CSignSite)}
+    base = original_class(module)
+    with shared_trace_patches(), as_class(module, base):
+        graphs = trace_module(module)
+    sites, info = find_sites("", module, graphs)
+    settings = next(iter(existing.values())).settings() if existing else {}
+    for spec in sites:
+        if spec.name not in existing:
+            site = _new_site(spec, f"{base.__name__}.{spec.name}", settings)
+            site.train(module.training)
+            module.add_module(spec.name, site)
+    found = ModuleSites("", module, graphs, sites, info["nodes"])
+    _call_sites(found)
+    install_forward(module, graphs, base.__name__, refresh_converted)
 
 
 class FreezeSigns:

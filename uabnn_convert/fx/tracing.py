@@ -2,60 +2,125 @@
 
 Tracing whole models is fragile (control flow, shape asserts, third-party wrappers) and bakes
 Python values into the graph. A BNN's weight sign sits in the forward of the layer that owns
-the weight, so each module is traced on its own with every child kept as a call. Two further
+the weight, so each module is traced on its own with every child kept as a call. Further
 choices keep the original behaviour intact:
 
-* ``autograd.Function.apply`` is recorded as one call, not inlined: symbolic tracing would
-  otherwise run the Function's forward on proxies and drop its custom backward (IR-Net's EDE,
-  XNOR's clipped STE), leaving the weights without the gradient the method defines.
-* The forward is traced once in training and once in eval mode; if the two graphs differ
-  (a ``self.training`` branch) the installed forward dispatches on ``self.training`` at run
-  time, so the branch still follows the mode.
+* ``autograd.Function.apply`` is recorded as one call (:class:`FunctionCall`), not inlined:
+  symbolic tracing would otherwise run the Function's forward on proxies and drop its custom
+  backward (IR-Net's EDE, XNOR's clipped STE), leaving the weights without their gradient.
+* Tensors are read live: parameters, buffers (``proxy_buffer_attributes``: a ``tau`` buffer
+  used in arithmetic stays a graph input instead of a number computed at patch time) and plain
+  tensor attributes (IR-Net's ``k``/``t``, reassigned every epoch by its trainer).
+* Python values the forward reads from ``self`` (a float, a tuple of sizes, an epoch counter)
+  are recorded while tracing and become *guards*: the installed forward compares them on every
+  call and, when one has changed, traces the module again (:func:`refresh`), so an
+  epoch-gated branch still runs when its epoch comes. ``self.training`` branches are traced
+  both ways up front, and only for classes whose forward reads ``training``.
+* What a trace cannot record faithfully is refused, never baked silently: a forward that
+  assigns attributes (``self.R1 = …``, ``w.data = …``), builds modules, branches on tensor
+  values or shapes, or whose generated code would refer to a name it cannot see. Such modules
+  are left to the run-time capture (:mod:`.intercept`).
 
-Limit: Python scalars read from ``self`` (a float attribute, a tuple of sizes) are baked into
-the graph at patch time, as in any fx trace. Tensors (parameters, buffers, plain tensor
-attributes such as IR-Net's ``k``/``t``) are read live.
+Installed forwards live on a per-instance subclass (``isinstance`` stays true, ``torch.fx`` /
+``torch.export`` / dynamo read ``type(module).forward``); the subclass pickles as the original
+class plus its graphs, so ``torch.save(model)`` and ``copy.deepcopy`` work.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import dis
 import functools
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
 _CONST_PREFIX = "_uabnn_const"
+_PLAIN = (bool, int, float, str, type(None), np.generic)
+_SHAPE_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "is_floating_point"})
+MODULE_MACHINERY = frozenset(vars(nn.Module()))
+
+
+class TraceRefused(fx.proxy.TraceError):
+    """A trace that would not reproduce the forward faithfully."""
+
+
+class FunctionCall:
+    """A picklable stand-in for ``Function.apply`` that fx records as one call."""
+
+    def __init__(self, cls: type[torch.autograd.Function]) -> None:
+        self.autograd_function = cls
+        self.__name__ = self.__qualname__ = f"{cls.__name__}_apply"
+        self.__module__ = __name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.autograd_function.apply(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        return function_call, (self.autograd_function,)
+
+    def __repr__(self) -> str:
+        return f"{self.autograd_function.__name__}.apply"
 
 
 @functools.cache
-def function_call(cls: type[torch.autograd.Function]) -> Callable:
-    """A named, stable stand-in for ``cls.apply`` that fx can record and generate code for."""
-
-    def call(*args, **kwargs):
-        return cls.apply(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = f"{cls.__name__}_apply"
-    call.__module__ = __name__
-    call.autograd_function = cls
-    return call
+def function_call(cls: type[torch.autograd.Function]) -> FunctionCall:
+    """The one :class:`FunctionCall` of a Function class."""
+    return FunctionCall(cls)
 
 
 def autograd_function_of(target: object) -> type[torch.autograd.Function] | None:
-    return getattr(target, "autograd_function", None)
+    return getattr(target, "autograd_function", None) if isinstance(target, FunctionCall) else None
+
+
+def plain_value(value: object) -> bool:
+    """A value a guard can compare: a number, a string, None, or a tuple of those."""
+    if isinstance(value, _PLAIN):
+        return True
+    return isinstance(value, tuple) and all(plain_value(v) for v in value)
+
+
+class _OwnProxy(fx.Proxy):
+    """A proxy that answers the shape of weight-only values with numbers, and refuses writes
+    of attributes (``w.data = …``): fx would drop them silently."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _SHAPE_ATTRS:
+            value = self.tracer.concrete(self.node, name)
+            if value is not None:
+                return value
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("node", "tracer"):
+            object.__setattr__(self, name, value)
+            return
+        raise TraceRefused(f"the forward assigns the attribute .{name} of a traced value")
 
 
 class OwnForwardTracer(fx.Tracer):
     """Records a module's own forward: children stay calls, Functions stay single calls."""
 
+    proxy_buffer_attributes = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[str, Any] = {}
+        self.tensor_proxies: dict[str, fx.Proxy] = {}
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return True
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _OwnProxy(node, self)
 
     @contextlib.contextmanager
     def _functions_as_calls(self) -> Iterator[None]:
@@ -78,10 +143,25 @@ class OwnForwardTracer(fx.Tracer):
         self.parameter_proxies: dict[str, fx.Proxy] = {}
         _ACTIVE.append(self)
         try:
-            with self._functions_as_calls():
-                return self.trace(module, concrete_args=concrete or None)
+            with self._functions_as_calls(), _recording(module, self):
+                graph = self.trace(module, concrete_args=concrete or None)
         finally:
             _ACTIVE.pop()
+        _sanitize(graph)
+        return graph
+
+    def read(self, module: nn.Module, name: str, value: Any) -> Any:
+        """Called for every attribute the traced module reads from its own ``__dict__``."""
+        if name in MODULE_MACHINERY and name != "training":
+            return value
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            proxy = self.tensor_proxies.get(name)
+            if proxy is None:
+                proxy = self.tensor_proxies[name] = self.create_proxy("get_attr", name, (), {})
+            return proxy
+        if plain_value(value):
+            self.reads.setdefault(name, value)
+        return value
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *a, **k):
         """Sizes of weight-only values are answered with numbers, not proxies.
@@ -92,16 +172,88 @@ class OwnForwardTracer(fx.Tracer):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *a, **k)
         node = proxy.node
         if kind == "call_method" and target in ("size", "dim", "numel"):
-            inputs = ancestors(node.all_input_nodes)
-            if not any(n.op == "placeholder" for n in inputs):
-                value = _concrete(node, self.root)
-                if value is not None:
-                    self.graph.erase_node(node)
-                    return value
+            value = self._concrete_node(node)
+            if value is not None:
+                self.graph.erase_node(node)
+                return value
         return proxy
+
+    def concrete(self, node: fx.Node, attr: str) -> Any:
+        """``getattr(value_of(node), attr)`` when ``node`` is weight-only, else None."""
+        if _depends_on_input_or_module(node):
+            return None
+        try:
+            with torch.no_grad():
+                return getattr(evaluate(node, self.root, {}), attr)
+        except Exception:
+            return None
+
+    def _concrete_node(self, node: fx.Node) -> object | None:
+        if _depends_on_input_or_module(node):
+            return None
+        try:
+            with torch.no_grad():
+                return evaluate(node, self.root, {})
+        except Exception:
+            return None
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        raise TraceRefused("the forward branches on a tensor value or an input's shape")
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        raise TraceRefused("the forward iterates over a traced value")
 
 
 _ACTIVE: list[OwnForwardTracer] = []
+
+
+def _depends_on_input_or_module(node: fx.Node) -> bool:
+    """Whether a node is computed from the forward's inputs or through a child module call
+    (which cannot be evaluated while tracing: calling a module would be traced again)."""
+    return any(n.op in ("placeholder", "call_module") for n in ancestors([node]))
+
+
+@contextlib.contextmanager
+def _recording(module: nn.Module, tracer: OwnForwardTracer) -> Iterator[None]:
+    """Trace ``module`` as an instance of a subclass that reports every attribute it reads
+    from its own ``__dict__`` and refuses attribute assignment (a side effect of forward)."""
+    cls = type(module)
+
+    def getattribute(self: nn.Module, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        active = self is module and _ACTIVE and _ACTIVE[-1] is tracer
+        if active and name in object.__getattribute__(self, "__dict__"):
+            return tracer.read(self, name, value)
+        return value
+
+    def setattr_(self: nn.Module, name: str, value: Any) -> None:
+        stowing = name.startswith("_tensor_constant")  # fx keeps constants on the root
+        if self is module and _ACTIVE and _ACTIVE[-1] is tracer and not stowing:
+            raise TraceRefused(f"the forward assigns self.{name}")
+        nn.Module.__setattr__(self, name, value)
+
+    recorder = type(
+        cls.__name__, (cls,), {"__getattribute__": getattribute, "__setattr__": setattr_}
+    )
+    recorder.__module__ = cls.__module__
+    recorder.__qualname__ = cls.__qualname__
+    object.__setattr__(module, "__class__", recorder)
+    try:
+        yield
+    finally:
+        object.__setattr__(module, "__class__", cls)
+
+
+def _sanitize(graph: fx.Graph) -> None:
+    """Make every constant printable: NumPy scalars become the Python scalars they equal
+    (fx would print ``np.float64(1.41…)`` into code that has no ``np``)."""
+
+    def fix(value: Any) -> Any:
+        return value.item() if isinstance(value, np.generic) else value
+
+    for node in graph.nodes:
+        node.args = fx.node.map_aggregate(node.args, fix)
+        node.kwargs = fx.node.map_aggregate(node.kwargs, fix)
 
 
 @contextlib.contextmanager
@@ -172,12 +324,13 @@ class OwnGraphs:
     A variant is ``(training, which optional arguments are None)``. Python-level branches on
     ``self.training`` and on ``arg is None`` are decided at trace time, so each combination
     is traced and the installed forward picks the matching graph at run time. Variants whose
-    code is identical share one graph.
+    code is identical share one graph. ``guards`` are the Python values read from the module
+    while tracing; the graphs hold for as long as the module still has them.
     """
 
     variants: dict[tuple, fx.Graph]
     optional: tuple[str, ...] = ()
-    signature: inspect.Signature | None = None
+    guards: dict[str, Any] = field(default_factory=dict)
 
     def graphs(self) -> list[fx.Graph]:
         unique: dict[int, fx.Graph] = {}
@@ -186,9 +339,9 @@ class OwnGraphs:
         return list(unique.values())
 
 
-def _optional_arguments(module: nn.Module) -> tuple[inspect.Signature | None, tuple[str, ...]]:
+def _optional_arguments(cls: type) -> tuple[inspect.Signature | None, tuple[str, ...]]:
     try:
-        sig = inspect.signature(type(module).forward)
+        sig = inspect.signature(cls.forward)
     except (TypeError, ValueError):
         return None, ()
     names = tuple(
@@ -202,37 +355,70 @@ def _optional_arguments(module: nn.Module) -> tuple[inspect.Signature | None, tu
 def trace_module(module: nn.Module) -> OwnGraphs:
     """Trace ``module``'s own forward in every variant, without changing the module.
 
+    The eval-mode variants are traced only when the training-mode trace read ``training``.
     Constants fx stows on the traced module are kept in ``node.meta`` and removed from the
     module again; :func:`adopt_constants` gives them a home only when a graph is installed.
+    Raises :class:`TraceRefused` (or fx's own error) when the forward cannot be captured.
     """
-    sig, optional = _optional_arguments(module)
+    _, optional = _optional_arguments(type(module))
     was_training = module.training
-    before = set(vars(module))
+    before = dict(vars(module))
     variants: dict[tuple, fx.Graph] = {}
     by_code: dict[str, fx.Graph] = {}
+    guards: dict[str, Any] = {}
     try:
         for mode in (True, False):
+            if not mode and "training" not in guards:
+                variants.update({(False, *key[1:]): g for key, g in list(variants.items())})
+                break
             object.__setattr__(module, "training", mode)
             for nones in itertools.product((False, True), repeat=len(optional)):
                 concrete = {name: None for name, none in zip(optional, nones, strict=True) if none}
-                graph = _trace_with_constants(module, concrete)
+                graph, reads = _trace_with_constants(module, concrete)
+                for key, value in reads.items():
+                    guards.setdefault(key, value)
                 graph = by_code.setdefault(_code(graph), graph)
                 variants[(mode, nones)] = graph
     finally:
         object.__setattr__(module, "training", was_training)
-        for name in set(vars(module)) - before:
+        for name in set(vars(module)) - set(before):
             delattr(module, name)
-    return OwnGraphs(variants, optional, sig)
+    guards.pop("training", None)
+    for graph in by_code.values():
+        check_generated(graph, type(module).__name__)
+    return OwnGraphs(variants, optional, guards)
 
 
-def _trace_with_constants(module: nn.Module, concrete: dict[str, None]) -> fx.Graph:
+def _trace_with_constants(module: nn.Module, concrete: dict[str, None]) -> tuple[fx.Graph, dict]:
     """Trace and keep each stowed constant's value on the graph (``node.meta``)."""
     tracer = OwnForwardTracer()
     graph = tracer.trace_own(module, concrete)
     for node in graph.nodes:
         if node.op == "get_attr" and node.target.startswith("_tensor_constant"):
             node.meta["uabnn_constant"] = getattr(module, node.target)
-    return graph
+    return graph, tracer.reads
+
+
+def check_generated(graph: fx.Graph, label: str) -> None:
+    """Refuse a graph whose generated code does not compile or names a global it cannot see."""
+    code = graph.python_code(root_module="self")
+    try:
+        compiled = compile(code.src, f"<uabnn_convert forward of {label}>", "exec")
+    except SyntaxError as e:
+        raise TraceRefused(f"the traced code does not compile ({e.msg})") from e
+    namespace = dict(code.globals)
+    exec(compiled, namespace)
+    missing = sorted(
+        {
+            ins.argval
+            for ins in dis.get_instructions(namespace["forward"])
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+            and ins.argval not in namespace
+            and not hasattr(builtins, ins.argval)
+        }
+    )
+    if missing:
+        raise TraceRefused(f"the traced code refers to {', '.join(missing)}, which it cannot see")
 
 
 def ancestors(nodes: Iterable[fx.Node]) -> list[fx.Node]:
@@ -245,21 +431,6 @@ def ancestors(nodes: Iterable[fx.Node]) -> list[fx.Node]:
             seen[n] = None
             stack.extend(n.all_input_nodes)
     return list(seen)
-
-
-def _concrete(node: fx.Node, root: nn.Module) -> object | None:
-    """Evaluate a weight-only ``size``/``dim``/``numel`` node on the real tensors.
-
-    Chains through a child module are left symbolic: calling a module while tracing would
-    be traced again.
-    """
-    if any(n.op == "call_module" for n in ancestors(node.all_input_nodes)):
-        return None
-    try:
-        with torch.no_grad():
-            return evaluate(node, root, {})
-    except Exception:
-        return None
 
 
 def evaluate(node: fx.Node, module: nn.Module, cache: dict[fx.Node, Any]) -> Any:
@@ -305,7 +476,7 @@ def fetch_attr(module: nn.Module, target: str) -> Any:
                     obj = found[part]
                     break
             else:
-                obj = getattr(obj, part)
+                obj = obj.__dict__[part] if part in obj.__dict__ else getattr(obj, part)
         else:
             obj = getattr(obj, part)
     return obj
@@ -338,40 +509,101 @@ def compile_forward(graph: fx.Graph, label: str) -> Callable:
     return namespace["forward"]
 
 
-def install_forward(module: nn.Module, graphs: OwnGraphs, label: str) -> None:
+_MISSING = object()
+
+
+def install_forward(
+    module: nn.Module,
+    graphs: OwnGraphs,
+    label: str,
+    refresh: Callable[[nn.Module], None] | None = None,
+) -> None:
     """Run ``module`` through its rewritten graph(s) via a per-instance subclass.
 
     A subclass (rather than an instance attribute) keeps ``isinstance`` true, is what
     ``torch.fx``/``torch.export`` look up (they read ``type(root).forward``), and is undone by
-    restoring ``__class__``.
+    restoring ``__class__``. ``refresh(module)`` (a module-level function, so that it pickles)
+    re-captures the module when one of the graphs' guards no longer holds.
     """
-    compiled: dict[int, Callable] = {}
     for graph in graphs.graphs():
         adopt_constants(module, graph)
         graph.lint()
-        compiled[id(graph)] = compile_forward(graph, label)
+    base = original_class(module)
+    module.__class__ = _rewritten_class(base, graphs, label, refresh)
+
+
+def _rewritten_class(
+    base: type[nn.Module],
+    graphs: OwnGraphs,
+    label: str,
+    refresh: Callable[[nn.Module], None] | None,
+) -> type[nn.Module]:
+    compiled = {id(g): compile_forward(g, label) for g in graphs.graphs()}
     table = {key: compiled[id(graph)] for key, graph in graphs.variants.items()}
-    if len(compiled) == 1:
-        forward = next(iter(compiled.values()))
-    elif not graphs.optional:
+    sig, _ = _optional_arguments(base)
+    optional = graphs.optional
+    guards = tuple(graphs.guards.items())
 
-        def forward(self, *args, **kwargs):
-            return table[(self.training, ())](self, *args, **kwargs)
-
-    else:
-        sig, optional = graphs.signature, graphs.optional
-
-        def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs):
+        if guards and _stale(self, guards):
+            _refresh(self)
+            return type(self).forward(self, *args, **kwargs)
+        nones: tuple = ()
+        if optional:
             bound = sig.bind(self, *args, **kwargs).arguments
             nones = tuple(bound.get(name) is None for name in optional)
-            return table[(self.training, nones)](self, *args, **kwargs)
+        return table[(self.training, nones)](self, *args, **kwargs)
 
-    base = original_class(module)
-    module.__class__ = type(
+    def __reduce_ex__(self, protocol):
+        return _rebuild, (base, graphs, label, refresh), self.__getstate__()
+
+    return type(
         base.__name__,
         (base,),
-        {"forward": forward, "__module__": base.__module__, "_uabnn_base": base},
+        {
+            "forward": forward,
+            "__module__": base.__module__,
+            "__qualname__": base.__qualname__,
+            "__reduce_ex__": __reduce_ex__,
+            "_uabnn_base": base,
+            "_uabnn_graphs": graphs,
+            "_uabnn_refresh": refresh,
+        },
     )
+
+
+def _stale(module: nn.Module, guards: tuple[tuple[str, Any], ...]) -> bool:
+    values = module.__dict__
+    return any(values.get(name, _MISSING) != value for name, value in guards)
+
+
+@torch.compiler.disable
+def _refresh(module: nn.Module) -> None:
+    refresh = type(module).__dict__.get("_uabnn_refresh")
+    guards = type(module).__dict__["_uabnn_graphs"].guards
+    changed = [n for n, v in guards.items() if module.__dict__.get(n, _MISSING) != v]
+    if refresh is None:
+        raise RuntimeError(
+            f"{type(module).__name__}: attribute(s) {changed} changed after the module was "
+            "frozen; its frozen graph read the old values: freeze it again"
+        )
+    refresh(module)
+
+
+def _rebuild(
+    base: type[nn.Module],
+    graphs: OwnGraphs,
+    label: str,
+    refresh: Callable[[nn.Module], None] | None,
+) -> nn.Module:
+    """Unpickle a rewritten module: a bare instance of a fresh rewritten subclass (the state
+    is set afterwards by ``__setstate__``)."""
+    cls = _rewritten_class(base, graphs, label, refresh)
+    return cls.__new__(cls)
+
+
+def installed_graphs(module: nn.Module) -> OwnGraphs | None:
+    return type(module).__dict__.get("_uabnn_graphs")
 
 
 def original_class(module: nn.Module) -> type[nn.Module]:

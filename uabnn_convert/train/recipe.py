@@ -11,7 +11,8 @@ Keys (defaults in brackets)::
     name, description [""], seed [0]
     model:    arch (a timm model name), kwargs [{}], init [null: a state_dict file to start from]
     csign:    enabled [true], m [2], delta [0.1], sigma ["std"], uncertainty ["gaussian"],
-              include [null], exclude [null], overrides [{}] (glob: {setting: value}, as patch)
+              threshold ["certain" | "uncertain"], include [null], exclude [null],
+              overrides [{}] (glob: {setting: value}, as patch takes them)
     data:     dataset (digits | cifar10 | cifar100 | imagefolder), root [null: give --data],
               train_split ["train"], val_split ["val"] (imagefolder sub-directories),
               image_size [null: the dataset's], augment (none | cifar | imagenet) ["none"],
@@ -83,6 +84,7 @@ class CSignSpec:
     delta: float = SiteSettings.delta
     sigma: float | Literal["std", "var"] = SiteSettings.sigma
     uncertainty: Literal["gaussian", "density"] = SiteSettings.uncertainty
+    threshold: Literal["certain", "uncertain"] = SiteSettings.threshold
     include: list[str] | None = None
     exclude: list[str] | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +99,7 @@ class CSignSpec:
             delta=self.delta if self.enabled else 1.0,
             sigma=self.sigma,
             uncertainty=self.uncertainty,
+            threshold=self.threshold if self.enabled else SiteSettings.threshold,
             include=self.include,
             exclude=self.exclude,
             overrides=self.overrides,
