@@ -38,9 +38,9 @@ State lives in registered buffers so ``state_dict``, ``.to()``, ``deepcopy`` and
 like any other buffer. The held binary state is an ``int8`` buffer: utilities that average float
 buffers (model EMA) copy it unchanged, so an averaged model still holds a valid binary state.
 The window and the held state are allocated uninitialised (``torch.empty``: no page is touched
-until the first update writes it) and nothing reads them before that update; a state_dict that
-lacks them describes a fresh site (the package's file writer leaves them out until they hold
-data).
+until an update writes it), nothing reads a slot before an update has written it, and a
+``state_dict`` shows unwritten slots as zeros. A state_dict that lacks them describes a fresh
+site (the package's file writer leaves them out until they hold data).
 """
 
 from __future__ import annotations
@@ -219,6 +219,18 @@ class CSign(nn.Module):
             hi = min(self.numel, lo + rule.CHUNK)
             total += float((-torch.expm1(rule.window_log([r[lo:hi] for r in rows], sigma))).sum())
         return total
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # Slots no update has written yet hold whatever the allocation held: save zeros there,
+        # so that a state_dict is a deterministic function of the updates (hashes, equality).
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        t = int(self.num_updates)
+        if t == 0:
+            destination[prefix + "held"] = torch.zeros_like(self.held)
+        if t <= self.m:
+            window = self.window.detach().clone()
+            window[t:] = 0
+            destination[prefix + "window"] = window
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
