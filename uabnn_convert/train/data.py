@@ -1,9 +1,11 @@
 """Datasets and a data order that can be restored in the middle of an epoch.
 
 Datasets come from torchvision in their real on-disk formats (``CIFAR10/100(root,
-download=False)``, ``ImageFolder``) or from scikit-learn's bundled digits. Nothing is
-downloaded; a missing or malformed path is a :class:`DataError` that says what was expected
-where.
+download=False)``, ``ImageFolder``), from scikit-learn's bundled digits, or, for Fashion-MNIST,
+from the four IDX ``.gz`` files that Debian's ``dataset-fashion-mnist`` package installs under
+``/usr/share/datasets/fashion-mnist`` (read directly: torchvision's ``FashionMNIST`` wants them
+uncompressed under ``ROOT/FashionMNIST/raw``). Nothing is downloaded; a missing or malformed
+path is a :class:`DataError` that says what was expected where and how to get it.
 
 Restorable order: epoch ``e`` visits the samples in the permutation ``DistributedSampler`` draws
 from ``seed + e`` (the same permutation for any number of ranks; rank ``r`` takes every
@@ -17,6 +19,7 @@ before — a resumed run sees exactly the crops and flips the uninterrupted run 
 from __future__ import annotations
 
 import contextlib
+import math
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,15 +64,39 @@ def build_data(
     """Open the recipe's dataset at ``root`` (or the recipe's own ``data.root``)."""
     root = root if root is not None else spec.root
     if spec.dataset == "digits":
-        return _digits(spec, seed)
+        return _subset(_digits(spec, seed), spec)
+    if spec.dataset == "fashion_mnist":
+        folder = Path(root).expanduser() if root is not None else FASHION_MNIST_ROOT
+        return _subset(_fashion_mnist(spec, folder, seed, mean, std), spec)
     if root is None:
         raise DataError(f"{spec.dataset} needs a data directory (--data PATH): {_expected(spec)}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data path {str(root)!r} is not a directory: {_expected(spec)}")
     if spec.dataset in CIFAR_FILES:
-        return _cifar(spec, root, seed, mean, std)
-    return _imagefolder(spec, root, seed, mean, std)
+        return _subset(_cifar(spec, root, seed, mean, std), spec)
+    return _subset(_imagefolder(spec, root, seed, mean, std), spec)
+
+
+def _subset(bundle: DataBundle, spec: DataSpec) -> DataBundle:
+    """The first ``train_subset`` samples of a fixed permutation (seed 0): every run seed and
+    every variant sees the same subset, so runs stay comparable."""
+    n = spec.train_subset
+    if n is None:
+        return bundle
+    train = bundle.train
+    total = len(train)  # type: ignore[arg-type]
+    if n > total:
+        raise DataError(f"data.train_subset={n} is more than the {total} training samples")
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
+    base = train.base if isinstance(train, SeededTransform) else train
+    subset = torch.utils.data.Subset(base, keep.tolist())
+    transform = train.transform if isinstance(train, SeededTransform) else None
+    seed = train.seed if isinstance(train, SeededTransform) else 0
+    description = f"{bundle.description}, training on a fixed subset of {n}"
+    return DataBundle(
+        SeededTransform(subset, transform, seed), bundle.val, bundle.num_classes, description
+    )
 
 
 def _expected(spec: DataSpec) -> str:
@@ -118,6 +145,80 @@ def _digits(spec: DataSpec, seed: int) -> DataBundle:
         torch.utils.data.TensorDataset(x_test, y_test),
         10,
         f"scikit-learn digits ({len(y_train)} train / {len(y_test)} test)",
+    )
+
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (gzipped or not) as a uint8 tensor: magic ``0x0000 0x08 ndim``, big-endian
+    int32 sizes, then the bytes."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} cannot be read as an IDX file ({exc})") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(dims):
+        raise DataError(f"{path} is truncated: {dims} needs {math.prod(dims)} bytes")
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(dims)
+
+
+def _fashion_mnist(
+    spec: DataSpec,
+    root: Path,
+    seed: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> DataBundle:
+    missing = [
+        name
+        for pair in FASHION_MNIST_FILES.values()
+        for name in pair
+        if not (root / name).is_file()
+    ]
+    if missing:
+        raise DataError(
+            f"fashion_mnist: {root} lacks {', '.join(missing)}; install the Debian package "
+            "(apt-get install dataset-fashion-mnist, which puts the IDX files under "
+            f"{FASHION_MNIST_ROOT}) or point --data at a directory holding those four files"
+        )
+    if spec.image_size not in (None, 28):
+        raise DataError(f"fashion_mnist: images are 28x28; image_size={spec.image_size}")
+    m, s = _norm(mean, std, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    splits = []
+    for images_name, labels_name in FASHION_MNIST_FILES.values():
+        images, labels = read_idx(root / images_name), read_idx(root / labels_name)
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise DataError(f"fashion_mnist: {root / images_name} and its labels do not match")
+        x = images.unsqueeze(1).float().div_(255.0).sub_(m[0]).div_(s[0])
+        splits.append(torch.utils.data.TensorDataset(x, labels.long()))
+    train_tf = None
+    if spec.augment == "cifar":
+        from torchvision import transforms as T
+
+        # On tensors: pad 4 and take a random 28x28 window, random horizontal flip.
+        train_tf = T.Compose([T.RandomCrop(28, padding=4), T.RandomHorizontalFlip()])
+    elif spec.augment != "none":
+        raise RecipeError("data.augment for fashion_mnist must be 'none' or 'cifar'")
+    return DataBundle(
+        SeededTransform(splits[0], train_tf, seed),
+        splits[1],
+        10,
+        f"Fashion-MNIST at {root} ({len(splits[0])} train / {len(splits[1])} test)",
     )
 
 

@@ -13,11 +13,13 @@ Keys (defaults in brackets)::
     csign:    enabled [true], m [2], delta [0.1], sigma ["std"], uncertainty ["gaussian"],
               threshold ["certain" | "uncertain"], include [null], exclude [null],
               overrides [{}] (glob: {setting: value}, as patch takes them)
-    data:     dataset (digits | cifar10 | cifar100 | imagefolder), root [null: give --data],
+    data:     dataset (digits | fashion_mnist | cifar10 | cifar100 | imagefolder),
+              root [null: give --data; fashion_mnist: /usr/share/datasets/fashion-mnist],
               train_split ["train"], val_split ["val"] (imagefolder sub-directories),
               image_size [null: the dataset's], augment (none | cifar | imagenet) ["none"],
               batch_size [128] (global: per optimizer step, over all ranks and micro-batches),
-              eval_batch_size [null: batch_size], num_workers [0]
+              eval_batch_size [null: batch_size], num_workers [0],
+              train_subset [null: all; N: the same N training samples for every seed]
     optim:    name (sgd | adam | adamw), lr, momentum [0.9] (Adam's beta1), nesterov [false],
               beta2 [0.999], weight_decay [0.0], filter_bias_and_bn [true]
     schedule: name (cosine | linear | constant), min_lr [0.0], warmup_epochs [0],
@@ -110,7 +112,7 @@ class CSignSpec:
 class DataSpec:
     """Which dataset, where, and how it is batched and augmented."""
 
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    dataset: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
@@ -119,9 +121,10 @@ class DataSpec:
     batch_size: int = 128
     eval_batch_size: int | None = None
     num_workers: int = 0
+    train_subset: int | None = None
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "eval_batch_size", "image_size"):
+        for key in ("batch_size", "eval_batch_size", "image_size", "train_subset"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key}={value} must be >= 1")
