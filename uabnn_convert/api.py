@@ -8,10 +8,12 @@ the other calls read or undo what it did. Files live one layer up (:mod:`.files`
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from .config import ConvertConfig
 from .core import CSignSite
@@ -19,10 +21,16 @@ from .errors import ConversionError
 from .fx import (
     ConvertSigns,
     FreezeSigns,
+    InterceptSigns,
     RemoveSites,
+    SiteRecord,
+    capture_names,
+    discover,
     freeze_and_fold,
+    is_captured,
     is_rewritten,
     original_class,
+    release,
     scan,
 )
 from .report import Report
@@ -58,26 +66,52 @@ def _join(owner: str, name: str) -> str:
 def patch(
     model: nn.Module,
     config: ConvertConfig | Mapping[str, Any] | None = None,
+    *,
+    example_inputs: Any = None,
     **settings: Any,
 ) -> nn.Module:
     """Replace every weight sign of ``model`` by a stateful c-sign, in place; return ``model``.
 
     ``config`` is a :class:`~uabnn_convert.config.ConvertConfig` (or its ``to_dict()`` form);
-    keyword ``settings`` (``m``, ``delta``, ``sigma``, ``uncertainty``, ``include``,
-    ``exclude``, ``overrides``) replace the config's fields. Either every selected site is
-    converted or, on any error, the model is left as it was.
+    keyword ``settings`` (``m``, ``delta``, ``sigma``, ``uncertainty``, ``threshold``,
+    ``include``, ``exclude``, ``overrides``) replace the config's fields.
+
+    Each module's own forward is traced; a module the trace cannot capture faithfully (one
+    that builds modules, branches on its input's shape, writes ``weight.data``, …) is captured
+    at run time instead, which needs ``example_inputs`` (a tensor or a tuple of the model's
+    positional inputs): the model runs once on them, on a copy, to learn which weight signs
+    those modules make. Without them such modules are named in a :class:`ConversionError`.
+    With them, the converted model's eval outputs are also checked against the original's.
+    Either every selected site is converted or, on any error, the model is left as it was.
     """
     _check_module(model, "patch")
     cfg = ConvertConfig.coerce(config)
     if settings:
         cfg = cfg.replace(**settings)
-    if any(is_rewritten(mod) for mod in model.modules()):
+    if any(is_rewritten(mod) or is_captured(mod) for mod in model.modules()):
         raise ConversionError(
             f"{model_name(model)} is already converted (or frozen); "
             "call uabnn_convert.unpatch(model) first to convert it again"
         )
     found, skipped = scan(model)
+    refused = {
+        s.module: s for s in skipped if s.kind == "trace" and cfg.may_select(_owner(s.module))
+    }
+    captured: dict[str, tuple[nn.Module, list[SiteRecord], str]] = {}
+    if refused:
+        if example_inputs is None:
+            raise ConversionError(
+                f"{len(refused)} module(s) of {model_name(model)} that hold weights cannot be "
+                f"traced ({_few(refused.values())}); pass example_inputs=... (the model's "
+                "input) so that patch captures them at run time, or exclude them"
+            )
+        owners = {_owner(name): s.target for name, s in refused.items()}
+        for owner, records in discover(model, owners, example_inputs).items():
+            if records:
+                captured[owner] = (owners[owner], records, refused[owner or "<root>"].reason)
+    names = capture_names(captured)
     candidates = [(f.owner, s.name) for f in found for s in f.sites]
+    candidates += [(owner, name) for owner, site_names in names.items() for name in site_names]
     unmatched = cfg.unmatched_patterns(candidates)
     if unmatched and candidates:
         raise ConversionError(
@@ -87,18 +121,123 @@ def patch(
         )
     for f in found:
         f.sites = [s for s in f.sites if cfg.selects(f.owner, s.name)]
-        names = {s.name for s in f.sites}
-        f.nodes = {n: name for n, name in f.nodes.items() if name in names}
+        kept = {s.name for s in f.sites}
+        f.nodes = {n: name for n, name in f.nodes.items() if name in kept}
     found = [f for f in found if f.sites]
-    if not found:
-        detail = f"; not traceable: {skipped[0].module}: {skipped[0].reason}" if skipped else ""
+    captured = {
+        owner: entry
+        for owner, entry in captured.items()
+        if all(cfg.selects(owner, name) for name in names[owner])
+    }
+    if not found and not captured:
+        detail = f"; not captured: {_few(skipped)}" if skipped else ""
         selection = " among the selected modules" if candidates else ""
         raise ConversionError(
             f"no weight-sign site found in {model_name(model)}{selection}: looked for "
-            f"{LOOKED_FOR}{detail}"
+            f"{LOOKED_FOR}{detail}; weights binarized outside forward (in the training loop) "
+            f"can use uabnn_convert.CSign directly: {MANUAL_EXAMPLE}"
         )
+    reference = _reference_outputs(model, example_inputs)
     ConvertSigns(found, cfg.settings_for).apply(model)
+    try:
+        InterceptSigns(captured, _site_maker(cfg)).apply(model)
+        _check_parity(model, example_inputs, reference)
+    except BaseException:
+        RemoveSites().apply(model)
+        for module in model.modules():
+            release(module)
+        raise
+    if example_inputs is not None:
+        model.__dict__[EXAMPLE_ATTR] = input_specs(example_inputs)
     return model
+
+
+EXAMPLE_ATTR = "_uabnn_example_inputs"
+MANUAL_EXAMPLE = "binarize = uc.CSign(p.shape, m=2, delta=0.1); p.data = binarize(latent) * alpha"
+
+
+def _owner(name: str) -> str:
+    return "" if name == "<root>" else name
+
+
+def _few(items: Iterable[Any], n: int = 3) -> str:
+    items = list(items)
+    shown = "; ".join(f"{s.module}: {s.reason}" for s in items[:n])
+    return shown + (f"; and {len(items) - n} more" if len(items) > n else "")
+
+
+def _site_maker(cfg: ConvertConfig) -> Callable[[str, str, SiteRecord], CSignSite]:
+    def make(owner: str, name: str, record: SiteRecord) -> CSignSite:
+        return CSignSite(
+            torch.sign,
+            record.shape,
+            family="generic",
+            op_label=record.op,
+            pattern="run-time capture",
+            dtype=record.dtype,
+            device=record.device,
+            site=_join(owner, name),
+            **cfg.settings_for(owner, name),
+        )
+
+    return make
+
+
+def input_specs(example_inputs: Any) -> list[dict[str, Any]]:
+    """Shapes and dtypes of example inputs, to make equal ones again (a file records them)."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise TypeError("example_inputs must be a tensor or a tuple of tensors")
+    return [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs]
+
+
+def example_from_specs(
+    specs: Sequence[Mapping[str, Any]], seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Inputs of the recorded shapes and dtypes (seeded noise: a capture needs their shapes)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for spec in specs:
+        dtype = getattr(torch, spec["dtype"])
+        shape = [int(d) for d in spec["shape"]]
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(dtype))
+        else:
+            out.append(torch.zeros(shape, dtype=dtype))
+    return tuple(out)
+
+
+def _reference_outputs(model: nn.Module, example_inputs: Any) -> Any:
+    if example_inputs is None:
+        return None
+    return _eval_outputs(model, example_inputs)
+
+
+def _eval_outputs(model: nn.Module, example_inputs: Any) -> Any:
+    modes = {m: m.training for m in model.modules()}
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(*inputs)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _check_parity(model: nn.Module, example_inputs: Any, reference: Any) -> None:
+    """Before any update a converted model computes exactly what the original did."""
+    if example_inputs is None:
+        return
+    got = _eval_outputs(model, example_inputs)
+    pairs = list(zip(tree_leaves(reference), tree_leaves(got), strict=False))
+    if len(tree_leaves(reference)) != len(tree_leaves(got)) or not all(
+        torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in pairs
+    ):
+        raise ConversionError(
+            f"the converted {model_name(model)} does not reproduce the original's outputs on "
+            "example_inputs before any update; it was left unconverted"
+        )
 
 
 def sites(model: nn.Module) -> Iterator[tuple[str, CSignSite]]:
@@ -196,7 +335,7 @@ def stats(model: nn.Module) -> Report:
 def unpatch(model: nn.Module) -> nn.Module:
     """Back to plain sign, in place: original forwards, c-sign state dropped."""
     _check_module(model, "unpatch")
-    if not any(is_rewritten(mod) for mod in model.modules()):
+    if not any(is_rewritten(mod) or is_captured(mod) for mod in model.modules()):
         raise ConversionError(f"{model_name(model)} is not converted; nothing to unpatch")
     return RemoveSites().apply(model)
 

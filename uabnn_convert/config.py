@@ -112,6 +112,19 @@ class ConvertConfig:
             return False
         return not any(_matches(p, owner, site) for p in self.exclude or ())
 
+    def may_select(self, owner: str) -> bool:
+        """Whether some site of module ``owner`` could be selected (before its sites are
+        known): not excluded by name, and named or reached by an include pattern."""
+        if any(_matches(p, owner, "") for p in self.exclude or ()):
+            return False
+        if not self.include:
+            return True
+        names = {owner, strip_wrappers(owner)}
+        return any(
+            _matches(p, owner, "") or any(p.startswith(f"{n}.") for n in names)
+            for p in self.include
+        )
+
     def unmatched_patterns(self, candidates: Iterable[tuple[str, str]]) -> list[str]:
         """Patterns (include, exclude, overrides) that match none of the candidate sites."""
         candidates = list(candidates)

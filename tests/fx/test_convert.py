@@ -194,16 +194,24 @@ def test_untraceable_parent_is_skipped_children_convert() -> None:
         net(torch.randn(1, 4, 8, 8))
 
 
-def test_untraceable_binarizing_layer_is_reported() -> None:
-    """A binarizing layer whose own forward does not trace is named in the dry-run notes;
-    the rest of the model still converts."""
-    net = nn.Sequential(BiRealConv(3, 4), UntraceableBinaryConv(4, 4))
+def test_untraceable_binarizing_layer_is_named_then_captured_at_run_time() -> None:
+    """A binarizing layer whose own forward does not trace is named in the dry-run notes and
+    in patch's error; with example inputs it is captured at run time, with step-0 parity."""
+    torch.manual_seed(0)
+    net = nn.Sequential(BiRealConv(3, 4), UntraceableBinaryConv(4, 4), nn.Flatten())
+    orig = copy.deepcopy(net)
     report = uc.inspect(net)
     assert [r["site"] for r in report.to_dicts()] == ["0.weight_csign"]
     assert any(note.startswith("not converted: 1:") for note in report.notes), report.notes
-    uc.patch(net)
-    assert [n for n, _ in uc.sites(net)] == ["0.weight_csign"]
-    assert not is_rewritten(net[1])
+    with pytest.raises(uc.ConversionError, match=r"1: TraceRefused.*example_inputs"):
+        uc.patch(net)
+    assert not list(uc.sites(net)) and not is_rewritten(net[0])
+    x = torch.randn(2, 3, 8, 8)
+    uc.patch(net, example_inputs=x)
+    assert [n for n, _ in uc.sites(net)] == ["0.weight_csign", "1.weight_csign"]
+    assert is_rewritten(net[0]) and not is_rewritten(net[1])
+    assert uc.inspect(net).to_dicts()[1]["pattern"] == "run-time capture"
+    assert_step_parity(orig, net, x)
 
 
 def test_irnet_official_spelling_converts() -> None:

@@ -32,6 +32,7 @@ CASES = [
     ("wrn22_16", (2, 3, 32, 32), "bireal/reactnet", 18),
     pytest.param("wrn22_64", (2, 3, 32, 32), "bireal/reactnet", 18, marks=pytest.mark.slow),
     ("bireal_digits", (2, 1, 8, 8), "bireal/reactnet", 3),
+    ("bitnet_tiny", (2, 1, 8, 8), "bitnet", 12),
 ]
 
 

@@ -38,6 +38,7 @@ LATENTS = {
     "wrn22_16": 18,
     "wrn22_64": 18,
     "bireal_digits": 3,
+    "bitnet_tiny": 12,
 }
 
 

@@ -46,6 +46,7 @@ site (the package's file writer leaves them out until they hold data).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +64,15 @@ STATE_BUFFERS = ("window", "held", "num_updates", "sigma_value", "last_flips", "
 """The persistent state of a site, in ``state_dict`` order."""
 DATA_BUFFERS = ("window", "held")
 """The per-element buffers: a state without them is a fresh state."""
+
+
+_INSIDE = threading.local()
+
+
+def inside_csign() -> bool:
+    """Whether a c-sign computation is running (its own ops are no model ops: a run-time
+    capture around it must not take them for the model's)."""
+    return getattr(_INSIDE, "depth", 0) > 0
 
 
 class _SignLikeGrad(torch.autograd.Function):
@@ -156,6 +166,15 @@ class CSign(nn.Module):
         ).to_dict()
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return self._forward(x)
+        _INSIDE.depth = getattr(_INSIDE, "depth", 0) + 1
+        try:
+            return self._forward(x)
+        finally:
+            _INSIDE.depth -= 1
+
+    def _forward(self, x: Tensor) -> Tensor:
         if x.shape != self.shape:
             raise RuntimeError(
                 f"{self.site}: latent shape {tuple(x.shape)} differs from the shape "
@@ -378,7 +397,8 @@ class CSign(nn.Module):
             raise self._refusal(REFUSED_NONFINITE, t)
         slot = (t - 1) % (self.m + 1)
         flat = xd.reshape(-1)
-        out = torch.sign(flat)
+        value = torch.sign(xd.contiguous())  # returned whole, not as a view: callers may
+        out = value.view(-1)  # modify it in place (BNN code does)
         held = self.held.view(-1)
         if t == 1:
             sigma = float(self._sigma_of(flat))
@@ -398,7 +418,7 @@ class CSign(nn.Module):
         self.last_flips.fill_(flips)
         self.last_vetoed.fill_(vetoed)
         self.num_updates.fill_(t)
-        return out.view(self.shape)
+        return value
 
     def _decide_sparse(self, t: int, flat: Tensor, cand: np.ndarray) -> np.ndarray:
         """Which candidate flips the rule allows at update ``t`` (before the window is written)."""

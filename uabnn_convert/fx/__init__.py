@@ -8,7 +8,17 @@ works on modules and graphs; settings, files and reports belong to the layers ab
 
 from .detect import FoundSite, ModuleSites, Skipped, scan
 from .fold import FoldConstants, freeze_and_fold
-from .rewrite import ConvertSigns, FreezeSigns, RemoveSites, frozen_name
+from .intercept import (
+    InterceptSigns,
+    SiteRecord,
+    capture_names,
+    discover,
+    freeze_captured,
+    is_captured,
+    release,
+)
+from .names import frozen_name
+from .rewrite import ConvertSigns, FreezeSigns, RemoveSites
 from .tracing import is_rewritten, original_class
 
 __all__ = [
@@ -16,12 +26,19 @@ __all__ = [
     "FoldConstants",
     "FoundSite",
     "FreezeSigns",
+    "InterceptSigns",
     "ModuleSites",
     "RemoveSites",
+    "SiteRecord",
     "Skipped",
+    "capture_names",
+    "discover",
     "freeze_and_fold",
+    "freeze_captured",
     "frozen_name",
+    "is_captured",
     "is_rewritten",
     "original_class",
+    "release",
     "scan",
 ]

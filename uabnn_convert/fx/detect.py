@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..core import CSign
 from ..core.site import SIGN_FUNCS
+from .names import site_name
 from .tracing import (
     MODULE_MACHINERY,
     OwnGraphs,
@@ -80,6 +81,7 @@ class Skipped:
     module: str
     reason: str
     target: nn.Module | None = None
+    kind: str = "trace"  # "trace": the module was not captured; "site": one site was not
 
 
 class SignRecorder(TorchFunctionMode):
@@ -274,20 +276,6 @@ def find_sites(owner: str, module: nn.Module, graphs: OwnGraphs) -> tuple[list[F
     return list(sites.values()), {"nodes": node_names, "problems": problems}
 
 
-def site_name(module: nn.Module, source: str, used: dict[str, int]) -> str:
-    """``<source>_csign``, ``<source>_csign_1``, … in the order sites appear, skipping names
-    the module already has (other than c-sign sites: a patched model's own state)."""
-    base = f"{source.replace('.', '_')}_csign"
-    count = used.get(base, 0)
-    while True:
-        name = base if count == 0 else f"{base}_{count}"
-        count += 1
-        taken = hasattr(module, name) and not isinstance(getattr(module, name), CSign)
-        if not taken:
-            used[base] = count
-            return name
-
-
 def _describe(module: nn.Module, node: fx.Node, kind: str, problems: list[str]) -> FoundSite | None:
     inputs = list(node.all_input_nodes)
     source = _source_of(module, inputs)
@@ -402,7 +390,7 @@ def _scan_one(
         return
     sites, info = find_sites(owner, module, graphs)
     for problem in info["problems"]:
-        skipped.append(Skipped(owner or "<root>", problem, module))
+        skipped.append(Skipped(owner or "<root>", problem, module, "site"))
     entry = ModuleSites(owner, module, graphs, sites, info["nodes"]) if sites else None
     cache[key] = (entry, None)
     if entry is not None:

@@ -27,7 +27,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .detect import ModuleSites
-from .rewrite import FreezeSigns, frozen_name
+from .names import frozen_name
+from .rewrite import FreezeSigns
 from .tracing import evaluate, install_forward
 
 FOLDED_PREFIX = "folded_"
@@ -120,7 +121,7 @@ def _fold_graph(
         node.replace_all_uses_with(new)
         if origin[node]:
             derived[name] = sorted(origin[node])
-    graph.eliminate_dead_code()
+    graph.eliminate_dead_code(is_impure_node=_impure)
     return derived
 
 
@@ -134,4 +135,10 @@ def freeze_and_fold(model: nn.Module) -> tuple[nn.Module, dict[str, list[str]]]:
     freezer.apply(model.eval())
     folder = FoldConstants(freezer.frozen)
     folder.apply(model)
-    return model, folder.derived
+    return model, {**freezer.captured, **folder.derived}
+
+
+def _impure(node: fx.Node) -> bool:
+    """Keep calls of child modules (they may have side effects; a standalone graph cannot ask
+    them) and whatever fx itself calls impure."""
+    return node.op == "call_module" or node.is_impure()

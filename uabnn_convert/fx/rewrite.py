@@ -22,6 +22,8 @@ from torch import nn
 
 from ..core import CSignSite
 from .detect import FoundSite, ModuleSites, as_class, find_sites, scan, sign_kind
+from .intercept import freeze_captured, is_captured, plan_of, release
+from .names import frozen_name
 from .tracing import (
     evaluate_args,
     install_forward,
@@ -33,8 +35,6 @@ from .tracing import (
 )
 
 SettingsFor = Callable[[str, str], dict[str, Any]]
-SITE_SUFFIX = "_csign"
-FROZEN_SUFFIX = "_binary"
 
 
 def _replace(graph: fx.Graph, node: fx.Node, make: Callable[[], fx.Node]) -> None:
@@ -144,8 +144,15 @@ class FreezeSigns:
 
     def __init__(self) -> None:
         self.frozen: list[ModuleSites] = []
+        self.captured: dict[str, list[str]] = {}  # constant key -> site it came from
 
     def apply(self, model: nn.Module) -> nn.Module:
+        for owner, module in model.named_modules():
+            if is_captured(module):
+                sites = plan_of(module).sites
+                for site, buffer in zip(sites, freeze_captured(module), strict=True):
+                    if buffer is not None:
+                        self.captured[_join(owner, buffer)] = [_join(owner, site)]
         found, _ = scan(model)
         for f in found:
             f.sites = [s for s in f.sites if isinstance(getattr(f.module, s.name, None), CSignSite)]
@@ -180,21 +187,18 @@ class FreezeSigns:
 
 
 class RemoveSites:
-    """Undo :class:`ConvertSigns` on every module: original forwards, no site submodules."""
+    """Undo the conversion of every module: original forwards, no sites, no capture hooks."""
 
     def apply(self, model: nn.Module) -> nn.Module:
         for module in list(model.modules()):
             if is_rewritten(module):
                 _remove_sites(module)
+            release(module)
         return model
 
 
-def frozen_name(site_name: str) -> str:
-    """The constant a site becomes when frozen: ``weight_csign`` -> ``weight_binary``."""
-    base, suffix, rest = site_name.rpartition(SITE_SUFFIX)
-    if not suffix:
-        return f"{site_name}{FROZEN_SUFFIX}"
-    return f"{base}{FROZEN_SUFFIX}{rest}"
+def _join(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
 
 
 def _remove_sites(module: nn.Module) -> None:

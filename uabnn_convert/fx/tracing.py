@@ -34,6 +34,7 @@ import dis
 import functools
 import inspect
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,8 +90,15 @@ def plain_value(value: object) -> bool:
 
 
 class _OwnProxy(fx.Proxy):
-    """A proxy that answers the shape of weight-only values with numbers, and refuses writes
-    of attributes (``w.data = …``): fx would drop them silently."""
+    """A proxy that answers the shape of weight-only values with numbers, records item
+    assignment (``bw[mask] = w.sign()[mask]``) as the in-place op it is, lets NumPy scalars
+    on the left of an operator defer to it, and refuses writes of attributes (``w.data = …``):
+    fx would drop them silently."""
+
+    __array_ufunc__ = None  # ``np.float64(2) * proxy`` -> ``proxy.__rmul__``
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
     def __getattr__(self, name: str) -> Any:
         if name in _SHAPE_ATTRS:
@@ -147,8 +155,14 @@ class OwnForwardTracer(fx.Tracer):
                 graph = self.trace(module, concrete_args=concrete or None)
         finally:
             _ACTIVE.pop()
-        _sanitize(graph)
         return graph
+
+    def create_arg(self, a: Any) -> Any:
+        # fx cannot record NumPy scalars (and would print them as ``np.float64(…)``): use the
+        # Python scalars they equal.
+        if isinstance(a, np.generic):
+            a = a.item()
+        return super().create_arg(a)
 
     def read(self, module: nn.Module, name: str, value: Any) -> Any:
         """Called for every attribute the traced module reads from its own ``__dict__``."""
@@ -242,18 +256,6 @@ def _recording(module: nn.Module, tracer: OwnForwardTracer) -> Iterator[None]:
         yield
     finally:
         object.__setattr__(module, "__class__", cls)
-
-
-def _sanitize(graph: fx.Graph) -> None:
-    """Make every constant printable: NumPy scalars become the Python scalars they equal
-    (fx would print ``np.float64(1.41…)`` into code that has no ``np``)."""
-
-    def fix(value: Any) -> Any:
-        return value.item() if isinstance(value, np.generic) else value
-
-    for node in graph.nodes:
-        node.args = fx.node.map_aggregate(node.args, fix)
-        node.kwargs = fx.node.map_aggregate(node.kwargs, fix)
 
 
 @contextlib.contextmanager

@@ -1,14 +1,16 @@
 """Reference zoo of plain-PyTorch binary neural networks, registered with timm.
 
 Each family binarizes its weights the way that method's official code does (Bi-Real Net,
-ReActNet, IR-Net, BONN-style, XNOR-Net), so the conversion pass can be tested against the
-patterns it will meet in the wild. Importing this package registers every model in
-:data:`MODELS`, after which ``timm.create_model("bireal_resnet18", num_classes=10)`` works.
+ReActNet, IR-Net, BONN-style, XNOR-Net, BitNet's ``BitLinear``), so the conversion pass can be
+tested against the patterns it will meet in the wild. Importing this package registers every
+model in :data:`MODELS`, after which ``timm.create_model("bireal_resnet18", num_classes=10)``
+works.
 No pretrained weights exist: ``pretrained=True`` raises.
 """
 
 from __future__ import annotations
 
+from uabnn_convert.zoo.bitnet import BitLinear, BitNetTiny, bitnet_tiny
 from uabnn_convert.zoo.digits import BiRealDigits, bireal_digits, digits_data
 from uabnn_convert.zoo.layers import (
     BINARY_LAYER_TYPES,
@@ -53,6 +55,7 @@ MODELS: tuple[str, ...] = (
     "wrn22_16",
     "wrn22_64",
     "bireal_digits",
+    "bitnet_tiny",
 )
 """Names of every model the zoo registers with timm."""
 
@@ -68,6 +71,8 @@ __all__ = [
     "BinaryQuantize",
     "BinaryResNet",
     "BinaryUnit",
+    "BitLinear",
+    "BitNetTiny",
     "IRConv2d",
     "LearnableBias",
     "RPReLU",
@@ -81,6 +86,7 @@ __all__ = [
     "bireal_digits",
     "bireal_resnet18",
     "bireal_resnet34",
+    "bitnet_tiny",
     "bonn_resnet18",
     "digits_data",
     "irnet_resnet18",

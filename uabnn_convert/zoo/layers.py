@@ -135,6 +135,8 @@ class BiRealConv2d(_BinaryConvBase):
     uniform in [0, 1e-3): every weight starts at +1, which is how Bi-Real and ReActNet start.
     """
 
+    binary_latent = "weight"  # the latent weight this layer signs
+
     def __init__(
         self,
         in_channels: int,
@@ -166,6 +168,8 @@ class ReActConv2d(_BinaryConvBase):
     multiplied by the (there not detached) scale. Mathematically the same function, but a second
     weight-sign op on the same latent that only runs when ``not self.training``.
     """
+
+    binary_latent = "weights"  # the latent weight this layer signs
 
     def __init__(
         self,
@@ -223,6 +227,8 @@ class IRConv2d(nn.Conv2d):
     are saved, move with ``.to()``, and stay live for a converted model; :func:`set_ede` updates
     them in place.
     """
+
+    binary_latent = "weight"  # the latent weight this layer signs
 
     def __init__(
         self,
@@ -296,6 +302,8 @@ class BONNConv2d(_BinaryConvBase):
     here). The latent weight gets the clipped straight-through gradient through ``.detach()``
     arithmetic; the sign uses the ``Tensor.sign`` method spelling.
     """
+
+    binary_latent = "weight"  # the latent weight this layer signs
 
     def __init__(
         self,
@@ -373,6 +381,8 @@ class XNORConv2d(_BinaryConvBase):
     ``forward``; this layer does the same arithmetic inside ``forward`` so it is visible.
     """
 
+    binary_latent = "weight"  # the latent weight this layer signs
+
     def __init__(
         self,
         in_channels: int,
@@ -393,6 +403,8 @@ class XNORConv2d(_BinaryConvBase):
 
 class BinaryLinear(nn.Module):
     """Bi-Real-style binary linear layer for small models: ``mean|W| * sign(W)``, clipped STE."""
+
+    binary_latent = "weight"  # the latent weight this layer signs
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -427,15 +439,15 @@ two for :class:`ReActConv2d`, whose train and eval paths use different sign call
 
 
 def binary_latents(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """Yield ``(qualified_name, parameter)`` for every latent weight that a binary layer signs.
+    """Yield ``(qualified_name, parameter)`` for every latent weight that a binary layer signs
+    (each binary layer class names it in ``binary_latent``).
 
     Gives tests and tools the ground truth the conversion pass should rediscover.
     """
     for name, module in model.named_modules():
-        if isinstance(module, ReActConv2d):
-            yield f"{name}.weights" if name else "weights", module.weights
-        elif isinstance(module, BINARY_LAYER_TYPES):
-            yield f"{name}.weight" if name else "weight", module.weight
+        attr = getattr(type(module), "binary_latent", None)
+        if attr is not None:
+            yield f"{name}.{attr}" if name else attr, getattr(module, attr)
 
 
 class PadShortcut(nn.Module):
