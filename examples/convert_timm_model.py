@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     print(uc.inspect(model))  # dry run: the weight-sign sites patch would convert
     uc.patch(model, **SETTINGS)
     train_steps(model, args.steps, args.batch, seed=1)
-    total = uc.stats(model).total
+    total = uc.stats(model, uncertainty=True).total
     print(
         f"after {total['updates']} updates: {total['flips']} flips and {total['vetoed']} vetoed "
         f"flips at the last update, sum of f-hat {total['uncertainty']:.1f}"

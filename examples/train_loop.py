@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         model.eval()  # eval mode reads the held binary state; nothing advances
         with torch.no_grad():
             accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-        s = uc.stats(model).total
+        s = uc.stats(model, uncertainty=True).total
         print(
             f"epoch {epoch}: loss {total / batches:.3f}, test accuracy {100 * accuracy:.1f}%, "
             f"updates {s['updates']}, last update: flip rate {s['flip_rate']:.2e}, "

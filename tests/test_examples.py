@@ -66,3 +66,10 @@ def test_inspect_untraceable(tmp_path: Path) -> None:
     assert "patched 3 sites; outputs before training unchanged: True" in out
     assert "c-sign statistics of ThirdPartyBNN" in out
     assert "the model's own assert still runs" in out
+
+
+def test_binarize_outside_forward(tmp_path: Path) -> None:
+    out = run_example("binarize_outside_forward.py", "--epochs", "1", cwd=tmp_path)
+    assert "sign  : flips per weight in each epoch" in out
+    assert "c-sign: flips per weight in each epoch" in out
+    assert "state_dict round trip resumes identically: True" in out

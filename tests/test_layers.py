@@ -80,19 +80,25 @@ def test_import_linter_contracts_hold() -> None:
     assert "0 broken" in proc.stdout
 
 
-def test_command_line_loads_neither_timm_nor_torchvision_for_help() -> None:
+def test_help_and_version_load_no_torch() -> None:
+    """``--help`` (of the group and of every command) and ``--version`` import neither torch,
+    timm nor torchvision: they answer in a fraction of torch's own import time."""
     code = (
         "import sys\n"
         "from uabnn_convert.cli import app\n"
-        "try:\n"
-        "    app(['--help'], prog_name='uabnn-convert')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))\n"
+        "import typer\n"
+        "commands = sorted(typer.main.get_command(app).commands)\n"
+        "for args in [['--help'], ['--version'], *[[c, '--help'] for c in commands]]:\n"
+        "    try:\n"
+        "        app(args, prog_name='uabnn-convert')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('torch', 'timm', 'torchvision')\n"
+        "print(len(commands), sorted(m for m in heavy if m in sys.modules))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert proc.stdout.strip().splitlines()[-1] == "8 []"
     assert "finetune" in proc.stdout and "convert" in proc.stdout

@@ -103,7 +103,8 @@ def patch(
             raise ConversionError(
                 f"{len(refused)} module(s) of {model_name(model)} that hold weights cannot be "
                 f"traced ({_few(refused.values())}); pass example_inputs=... (the model's "
-                "input) so that patch captures them at run time, or exclude them"
+                "input; on the command line --input-size C,H,W) so that patch captures them at run "
+                "time, or exclude them"
             )
         owners = {_owner(name): s.target for name, s in refused.items()}
         for owner, records in discover(model, owners, example_inputs).items():
@@ -135,7 +136,8 @@ def patch(
         raise ConversionError(
             f"no weight-sign site found in {model_name(model)}{selection}: looked for "
             f"{LOOKED_FOR}{detail}; weights binarized outside forward (in the training loop) "
-            f"can use uabnn_convert.CSign directly: {MANUAL_EXAMPLE}"
+            f"can use uabnn_convert.CSign directly: {MANUAL_EXAMPLE} (see "
+            "examples/binarize_outside_forward.py)"
         )
     reference = _reference_outputs(model, example_inputs)
     ConvertSigns(found, cfg.settings_for).apply(model)
@@ -294,34 +296,36 @@ def inspect(model: nn.Module) -> Report:
     )
 
 
-def stats(model: nn.Module) -> Report:
-    """Per site and in total: updates, flips and vetoed flips at the last update, flip rate,
-    vetoed rate, and Σ f̂ (the paper's uncertainty of the network)."""
+def stats(model: nn.Module, *, uncertainty: bool = False) -> Report:
+    """Per site and in total: updates, flips and vetoed flips at the last update, flip rate and
+    vetoed rate — scalar reads, cheap enough for every step. ``uncertainty=True`` adds Σ f̂,
+    the paper's "uncertainty of the network", which costs a pass over every site's window."""
     rows = []
     for name, s in sites(model):
+        s.check()
         n = s.numel
         flips, vetoed = int(s.last_flips), int(s.last_vetoed)
-        rows.append(
-            {
-                "site": name,
-                "elements": n,
-                "updates": int(s.num_updates),
-                "flips": flips,
-                "vetoed": vetoed,
-                "flip_rate": flips / n,
-                "vetoed_rate": vetoed / n,
-                "uncertainty": s.uncertainty_sum(),
-            }
-        )
+        row = {
+            "site": name,
+            "elements": n,
+            "updates": int(s.num_updates),
+            "flips": flips,
+            "vetoed": vetoed,
+            "flip_rate": flips / n,
+            "vetoed_rate": vetoed / n,
+        }
+        if uncertainty:
+            row["uncertainty"] = s.uncertainty_sum()
+        rows.append(row)
     if not rows:
         raise ConversionError(f"{model_name(model)} has no c-sign site; call patch() first")
-    sums = ["elements", "flips", "vetoed", "uncertainty"]
     n_all = sum(r["elements"] for r in rows)
     extra = {
         "updates": max(r["updates"] for r in rows),
         "flip_rate": sum(r["flips"] for r in rows) / n_all,
         "vetoed_rate": sum(r["vetoed"] for r in rows) / n_all,
     }
+    sums = ["elements", "flips", "vetoed", *(["uncertainty"] if uncertainty else [])]
     return Report.totalled(
         f"c-sign statistics of {model_name(model)}",
         list(rows[0]),

@@ -406,7 +406,7 @@ def test_stats_count_what_the_held_state_did() -> None:
         before = {n: (int(s.num_updates), s.held.clone()) for n, s in sites.items()}
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
-        report = uc.stats(net)
+        report = uc.stats(net, uncertainty=True)
         rows = {r["site"]: r for r in report.to_dicts()}
         assert rows.keys() == sites.keys()
         for name, s in sites.items():

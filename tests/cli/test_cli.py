@@ -302,6 +302,29 @@ def test_bad_input_one_line_nothing_written(
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("{src}", "--arch", "nosuch_net"), "unknown architecture 'nosuch_net'"),
+        (("{src}", "--arch", "bireal_digits", "--m", "-1"), "--m -1"),
+        (("freeze", "{src}", "--arch", "nosuch_net"), "unknown architecture"),
+        (("freeze", "{src}", "--arch-kwarg", "width"), "--arch-kwarg 'width'"),
+        (("export", "{src}", "--input-size", "abc"), "--input-size 'abc'"),
+        (("export", "{src}", "--arch", "nosuch_net"), "unknown architecture"),
+    ],
+)
+def test_argument_errors_come_before_the_output_exists_check(
+    tmp_path: Path, files: dict[str, Path], args: tuple[str, ...], fragment: str
+) -> None:
+    (src,) = put(tmp_path, files, "sd")
+    for name in ("sd.uabnn.pt", "sd.frozen.pt", "sd.onnx"):
+        (tmp_path / name).write_bytes(b"old")
+    before = snapshot(tmp_path)
+    message = assert_error(cli(*(a.format(src=src) for a in args)), 2, fragment)
+    assert "already exists" not in message
+    assert snapshot(tmp_path) == before
+
+
 def test_existing_output_needs_force_and_input_is_never_replaced(
     tmp_path: Path, files: dict[str, Path]
 ) -> None:
@@ -473,7 +496,7 @@ def test_inspect_converted_file_shows_settings_and_stats(tmp_path: Path) -> None
     assert "5 updates so far" in result.stdout and "flip_rate" in result.stdout
     data = json.loads(cli("inspect", path, "--json").stdout)
     assert data["kind"] == "converted" and data["settings"]["m"] == 1
-    expected = uc.stats(model).to_dict()["total"]
+    expected = uc.stats(model, uncertainty=True).to_dict()["total"]
     assert data["stats"]["total"]["flips"] == expected["flips"]
     assert data["stats"]["total"]["updates"] == 5
     assert snapshot(tmp_path) == before
@@ -578,3 +601,24 @@ def test_version_and_help() -> None:
         assert f"uabnn-convert {'' if command == 'convert' else command + ' '}" in page.stdout
     no_args = cli()
     assert no_args.exit_code == 2 and "Usage" in no_args.stdout
+
+
+def test_convert_captures_an_untraceable_model_given_its_input_size(tmp_path: Path) -> None:
+    """BinaryNet's ``input.size(1) != 3`` branch refuses the trace: convert needs example
+    inputs, from --input-size (or the model's pretrained_cfg); the file then loads and runs."""
+    from upstream import misc_patterns
+
+    torch.manual_seed(0)
+    original = misc_patterns.make_shape_branch().eval()
+    src = tmp_path / "net.pt"
+    torch.save(original.state_dict(), src)
+    arch = ("--arch", "upstream.misc_patterns:make_shape_branch")
+    assert_error(cli(src, *arch), 1, "cannot be traced", "--input-size C,H,W")
+    assert not (tmp_path / "net.uabnn.pt").exists()
+    result = cli(src, *arch, "--input-size", "3,8,8")
+    assert result.exit_code == 0, result.stderr
+    loaded = load(tmp_path / "net.uabnn.pt", trust_code=True).eval()
+    assert [n for n, _ in uc.sites(loaded)] == ["convs.1.weight_csign", "convs.2.weight_csign"]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), original(x))

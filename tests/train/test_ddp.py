@@ -109,10 +109,11 @@ def test_torchrun_two_ranks_agree_and_the_checkpoint_resumes_on_one(tmp_path: Pa
     # Only rank 0 wrote: one log line per record, one set of checkpoints.
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in log] == [("train", 2), ("train", 4), ("eval", 4)]
-    state = torch.load(ck.step_checkpoints(out)[-1][1], weights_only=True)
+    record = torch.load(ck.step_checkpoints(out)[-1][1], weights_only=True)
+    state = {**record["training"], "model": record["state_dict"]}
     assert state["world_size"] == 2 and state["step"] == STEPS
     assert _digest(state["model"]) == reports[0]["all"]
-    model = build_model(load_recipe("digits", SETTINGS))
+    model, _ = build_model(load_recipe("digits", SETTINGS))
     model.load_state_dict(state["model"])
     assert {int(s.num_updates) for _, s in uc.sites(model)} == {STEPS}
 

@@ -105,7 +105,7 @@ def test_resumed_run_ends_bit_for_bit_identical(demo: tuple[DemoResult, str, str
     assert 0 < step < STEPS_PER_EPOCH  # a mid-epoch checkpoint, the harder case
     # Independently of the in-memory models: the final checkpoints' state_dicts.
     finals = [
-        torch.load(r.run_dir / f"ckpt-{STEPS_PER_EPOCH:08d}.pt", weights_only=True)["model"]
+        torch.load(r.run_dir / f"ckpt-{STEPS_PER_EPOCH:08d}.pt", weights_only=True)["state_dict"]
         for r in (result.csign, result.resumed)
     ]
     assert state_hash(finals[0]) == state_hash(finals[1]) == result.csign.state_hash

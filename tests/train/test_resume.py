@@ -94,7 +94,14 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The uninterrupted run to TARGET steps: its final checkpoint."""
     out = tmp_path_factory.mktemp("straight")
     result = finetune("digits", out=out, max_steps=TARGET, overrides=SETTINGS, progress=False)
-    return torch.load(result.checkpoint, weights_only=True)
+    return _flat(result.checkpoint)
+
+
+def _flat(path: Path) -> dict:
+    """A checkpoint's training state with its model state_dict under ``"model"``."""
+    record = torch.load(path, weights_only=True)
+    assert record["kind"] == "checkpoint"
+    return {**record["training"], "model": record["state_dict"]}
 
 
 def _logged_values(history: list[dict]) -> list[tuple]:
@@ -132,7 +139,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, straight
     resumed = finetune(
         "digits", out=out, resume="latest", max_steps=TARGET, overrides=SETTINGS, progress=False
     )
-    _assert_same_run(straight, torch.load(resumed.checkpoint, weights_only=True), out)
+    _assert_same_run(straight, _flat(resumed.checkpoint), out)
 
 
 def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path: Path, straight: dict) -> None:
@@ -147,7 +154,7 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(tmp_path: Path, straight: 
         overrides=SETTINGS,
         progress=False,
     )
-    _assert_same_run(straight, torch.load(resumed.checkpoint, weights_only=True), out)
+    _assert_same_run(straight, _flat(resumed.checkpoint), out)
 
 
 def _short_run(out: Path, **kw) -> object:
@@ -163,7 +170,7 @@ def _short_run(out: Path, **kw) -> object:
 
 def test_checkpoint_contents_load_weights_only(tmp_path: Path) -> None:
     result = _short_run(tmp_path / "run")
-    state = torch.load(result.checkpoint, weights_only=True)
+    state = _flat(result.checkpoint)
     for key in ("model", "optimizer", "scheduler", "epoch", "step", "rng", "recipe", "history"):
         assert key in state, key
     assert state["step"] == 4 and state["epoch"] == 0 and state["scaler"] is None
@@ -172,7 +179,7 @@ def test_checkpoint_contents_load_weights_only(tmp_path: Path) -> None:
     assert [k for k in state["model"] if k.endswith("weight_csign.window")]
     # keep_last=2 of the step checkpoints (3 and 4); best.pt points at the best evaluation.
     assert [s for s, _ in ck.step_checkpoints(result.run_dir)] == [3, 4]
-    best = torch.load(result.run_dir / ck.BEST_NAME, weights_only=True)
+    best = _flat(result.run_dir / ck.BEST_NAME)
     assert best["best"]["step"] == best["step"] == 4
 
 
@@ -207,7 +214,7 @@ def test_resume_rejects_a_different_recipe_or_model(tmp_path: Path) -> None:
         finetune("digits", out=tmp_path / "empty", resume="latest", progress=False)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
-    with pytest.raises(ResumeError, match="cannot read checkpoint"):
+    with pytest.raises(ResumeError, match=r"cannot resume: .*junk\.pt is not a PyTorch checkpoint"):
         finetune("digits", out=tmp_path / "other", resume=junk, progress=False)
 
 

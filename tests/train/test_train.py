@@ -344,7 +344,7 @@ def test_amp_on_cpu(tmp_path: Path, amp: str) -> None:
         progress=False,
     )
     assert all(np.isfinite(r["loss"]) for r in result.history if r["kind"] == "train")
-    state = torch.load(result.checkpoint, weights_only=True)
+    state = torch.load(result.checkpoint, weights_only=True)["training"]
     assert (state["scaler"] is not None) == (amp == "float16")
 
 

@@ -59,6 +59,16 @@ class _DefaultGroup(TyperGroup):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _untyped_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
     def main(
         self,
         args: Sequence[str] | None = None,
@@ -75,6 +85,13 @@ class _DefaultGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def _untyped_flags(command: Any, ctx: Any) -> None:
+    """Flags take no value, so help shows no type for them (typer prints ``<bool>``)."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
 
 
 def run(call: Any) -> int:

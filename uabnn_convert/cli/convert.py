@@ -13,10 +13,12 @@ from .options import (
     ArchKwargOpt,
     ArchOpt,
     ForceOpt,
+    InputSizeOpt,
     JsonOpt,
     ModelArg,
     TrustPickleOpt,
     parse_arch_kwargs,
+    parse_input_size,
     parse_settings,
 )
 from .output import emit
@@ -25,9 +27,9 @@ HELP = (
     "Convert MODEL: every weight sign becomes a c-sign; write it and list the sites.\n\n"
     "The output (default: model.pt -> model.uabnn.pt) records the architecture and the "
     "settings, so [bold]inspect[/bold], [bold]freeze[/bold], [bold]finetune --init[/bold] and "
-    "uabnn_convert.load() rebuild it without --arch. Example:\n\n"
-    "[cyan]uabnn-convert model.pt --arch bireal_digits --arch-kwarg num_classes=10 "
-    "--m 2 --delta 0.1[/cyan]"
+    "uabnn_convert.load() rebuild it without --arch. Examples:\n\n"
+    "[cyan]uabnn-convert model.pt --arch bireal_digits --m 2 --delta 0.1[/cyan]\n"
+    "[cyan]uabnn-convert model.pt --arch bireal_digits --m 3 -o m3.uabnn.pt[/cyan]"
 )
 
 
@@ -79,6 +81,7 @@ def convert_command(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     trust_pickle: TrustPickleOpt = False,
+    input_size: InputSizeOpt = None,
 ) -> None:
     """Every check that needs no loading comes first, the architecture name next, then the
     output path; only then is anything read."""
@@ -88,6 +91,7 @@ def convert_command(
 
     settings = parse_settings(m, delta, sigma)
     kwargs = parse_arch_kwargs(arch_kwarg)
+    size = parse_input_size(input_size)
     config = ConvertConfig(**settings, include=include or None, exclude=exclude or None)
     src = input_path(model)
     if arch is not None:
@@ -101,6 +105,7 @@ def convert_command(
         config=config,
         force=force,
         trust_pickle=trust_pickle,
+        input_size=size,
     )
     meta = {
         "command": "convert",

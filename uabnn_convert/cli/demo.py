@@ -12,7 +12,7 @@ from .app import UsageError, app
 HELP = (
     "Train a sign BNN on scikit-learn's digits, convert it, fine-tune sign vs c-sign, compare, "
     "and resume exactly. Nothing is downloaded. Example:\n\n"
-    "[cyan]uabnn-convert demo --out runs/demo[/cyan]"
+    "[cyan]uabnn-convert demo --epochs 2 --out runs/demo[/cyan]"
 )
 
 

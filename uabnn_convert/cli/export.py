@@ -13,6 +13,7 @@ from .options import (
     ModelArg,
     OutputOpt,
     TrustCodeOpt,
+    input_size_of,
     parse_arch_kwargs,
     parse_input_size,
 )
@@ -38,13 +39,16 @@ def export_command(
 ) -> None:
     """Export to ONNX (frozen and folded first), checked with onnx.checker."""
     from ..deploy import export_onnx, model_of
-    from ..files import input_path, output_path
+    from ..files import check_arch, input_path, output_path
 
     kwargs = parse_arch_kwargs(arch_kwarg)
+    size = parse_input_size(input_size)
     src = input_path(model)
+    if arch is not None:
+        check_arch(arch)
     dst = output_path(src, output, ONNX_SUFFIX, force=force)
     net = model_of(
         src, arch=arch, arch_kwargs=kwargs if arch_kwarg else None, trust_code=trust_code
     )
-    export_onnx(net, dst, parse_input_size(input_size, net))
+    export_onnx(net, dst, input_size_of(size, net))
     typer.echo(f"wrote {dst} ({size_text(dst.stat().st_size)})")

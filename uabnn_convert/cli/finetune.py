@@ -7,28 +7,55 @@ from typing import Annotated
 
 import typer
 
+from ..recipes import names as bundled_recipes
 from .app import app
+from .options import ArchKwargOpt, ArchOpt, TrustCodeOpt, parse_arch_kwargs
 
 HELP = (
     "Fine-tune as RECIPE says (a YAML file or a bundled name), with checkpoints that carry the "
-    "c-sign state and resume exactly. Examples:\n\n"
+    "c-sign state and resume exactly. Every checkpoint is a converted file too: inspect, freeze, "
+    "summary and export take it. Bundled recipes: "
+    f"{', '.join(bundled_recipes())}. Examples:\n\n"
     "[cyan]uabnn-convert finetune digits --max-steps 20[/cyan]\n"
-    "[cyan]uabnn-convert finetune cifar10_wrn22_16 --data ~/data/cifar[/cyan]"
+    "[cyan]uabnn-convert finetune --resume latest --out runs/digits --max-steps 30[/cyan]\n"
+    "[cyan]uabnn-convert finetune digits --sign-baseline --max-steps 20[/cyan]\n"
+    "[cyan]uabnn-convert finetune digits --init model.uabnn.pt --epochs 1 -o runs/mine[/cyan]"
 )
 
 
 @app.command("finetune", help=HELP)
 def finetune_command(
     recipe: Annotated[
-        str, typer.Argument(help="Recipe YAML file, or a bundled name (e.g. digits).")
-    ],
+        str | None,
+        typer.Argument(
+            show_default=False,
+            help="Recipe YAML file, or a bundled name (e.g. digits); optional with --resume "
+            "(the checkpoint records its recipe).",
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            metavar="FILE",
+            help="Start from FILE: a state_dict, a training checkpoint, a converted file or a "
+            "finetune checkpoint (a converted file brings its c-sign state and settings).",
+        ),
+    ] = None,
+    arch: ArchOpt = None,
+    arch_kwarg: ArchKwargOpt = None,
+    trust_code: TrustCodeOpt = False,
     data: Annotated[Path | None, typer.Option("--data", help="Dataset directory.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/NAME).")
     ] = None,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", help="Checkpoint file, run directory, or 'latest' (in --out)."),
+        typer.Option(
+            "--resume",
+            help="Continue a run: a checkpoint file, a run directory, or 'latest' (in --out). "
+            "The recorded recipe and flags are reused.",
+        ),
     ] = None,
     sign_baseline: Annotated[
         bool,
@@ -37,7 +64,9 @@ def finetune_command(
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after N steps.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Override train.epochs (extends a resumed run).")
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Global batch size.")
     ] = None,
@@ -55,16 +84,35 @@ def finetune_command(
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
 ) -> None:
-    """Checkpoints, metrics.jsonl and a plot go to the run directory."""
+    """Checks that need no loading come first; then the harness runs."""
+    from ..files import check_arch, input_path
     from ..train import finetune
+    from ..train.errors import RecipeError
     from ..train.recipe import parse_assignment
 
+    kwargs = parse_arch_kwargs(arch_kwarg)
+    if kwargs and arch is None:
+        raise RecipeError("--arch-kwarg needs --arch (a recipe sets model.kwargs)")
+    if recipe is None and resume is None:
+        raise RecipeError("give a RECIPE (a YAML file or a bundled name) or --resume")
+    if resume is not None and (init is not None or arch is not None):
+        raise RecipeError(
+            "--resume continues a run with its recorded model; --init and --arch start a new one"
+        )
     overrides = dict(parse_assignment(a) for a in set_ or ())
+    if arch is not None:
+        check_arch(arch)
+    if init is not None:
+        input_path(init)
     finetune(
         recipe,
         data=data,
         out=out,
         resume=resume,
+        init=init,
+        arch=arch,
+        arch_kwargs=kwargs or None,
+        trust_code=trust_code,
         sign_baseline=sign_baseline,
         max_steps=max_steps,
         epochs=epochs,

@@ -55,11 +55,13 @@ def freeze_command(
     """Rebuild the file's model, freeze and fold it, write it with the same record."""
     from ..api import sites
     from ..deploy import binary_constants, export_packed, packed_report
-    from ..files import input_path, output_path, read, rebuild, save_frozen
+    from ..files import check_arch, input_path, output_path, read, rebuild, save_frozen
     from ..fx import freeze_and_fold
 
     kwargs = parse_arch_kwargs(arch_kwarg)
     src = input_path(model)
+    if arch is not None:
+        check_arch(arch)
     dst = output_path(src, output, PACKED_SUFFIX if packed else FROZEN_SUFFIX, force=force)
     file = read(src)
     if file.kind not in ("converted", "checkpoint"):

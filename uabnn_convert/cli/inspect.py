@@ -78,7 +78,7 @@ def inspect_command(
         summary = f"frozen: {constants_text(report)}"
         emit(json_out, meta, report, notes, [report], summary, header)
         return
-    sites_report, stats_report = inspect(net), stats(net)
+    sites_report, stats_report = inspect(net), stats(net, uncertainty=True)
     meta["stats"] = stats_report.to_dict()
     summary = (
         f"{len(sites_report)} c-sign sites, {sites_report.total['elements']:,} binary weights, "

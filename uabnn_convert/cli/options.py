@@ -72,7 +72,9 @@ InputSizeOpt = Annotated[
     typer.Option(
         "--input-size",
         metavar="C,H,W",
-        help="One sample's input size without the batch (default: the model's pretrained_cfg).",
+        help="One sample's input size without the batch (default: the model's pretrained_cfg); "
+        "convert runs two such random samples to check step-0 parity and to capture modules "
+        "the trace refuses.",
     ),
 ]
 
@@ -136,13 +138,11 @@ def _value(raw: str) -> Any:
     return raw
 
 
-def parse_input_size(text: str | None, net: Any = None) -> tuple[int, ...]:
-    """``C,H,W`` (or any sizes) as integers; without text, the model's ``pretrained_cfg``."""
+def parse_input_size(text: str | None) -> tuple[int, ...] | None:
+    """``C,H,W`` (or any sizes) as positive integers; ``None`` when not given (the model's
+    ``pretrained_cfg`` decides later, :func:`input_size_of`). Parsed before anything loads."""
     if text is None:
-        cfg = getattr(net, "pretrained_cfg", None) or {}
-        if "input_size" in cfg:
-            return tuple(int(v) for v in cfg["input_size"])
-        raise UsageError("give --input-size C,H,W (the model does not record one)")
+        return None
     try:
         size = tuple(int(v) for v in text.split(","))
     except ValueError as e:
@@ -150,3 +150,13 @@ def parse_input_size(text: str | None, net: Any = None) -> tuple[int, ...]:
     if not size or any(v <= 0 for v in size):
         raise UsageError(f"--input-size {text!r} must be positive integers C,H,W")
     return size
+
+
+def input_size_of(size: tuple[int, ...] | None, net: Any) -> tuple[int, ...]:
+    """The given size, else the one the model's ``pretrained_cfg`` records."""
+    if size is not None:
+        return size
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(int(v) for v in cfg["input_size"])
+    raise UsageError("give --input-size C,H,W (the model does not record one)")

@@ -11,6 +11,7 @@ from .options import (
     ModelArg,
     TrustCodeOpt,
     TrustPickleOpt,
+    input_size_of,
     parse_arch_kwargs,
     parse_input_size,
 )
@@ -19,8 +20,9 @@ from .output import emit
 HELP = (
     "Binary-aware summary of MODEL, like larq.models.summary: per layer the parameters by "
     "precision, memory at deployment (1-bit weights at 1/8 byte), and multiply-accumulates "
-    "split into binary and float. MODEL is any file the other commands take. Example:\n\n"
-    "[cyan]uabnn-convert summary model.uabnn.pt --input-size 1,8,8[/cyan]"
+    "split into binary and float. MODEL is any file the other commands take. Examples:\n\n"
+    "[cyan]uabnn-convert summary model.uabnn.pt --input-size 1,8,8[/cyan]\n"
+    "[cyan]uabnn-convert summary runs/digits/best.pt[/cyan]"
 )
 
 
@@ -36,17 +38,21 @@ def summary_command(
 ) -> None:
     """Per layer: parameters by precision, memory at deployment, binary vs float MACs."""
     from ..deploy import model_of, summary
-    from ..files import input_path
+    from ..files import check_arch, input_path
 
     kwargs = parse_arch_kwargs(arch_kwarg)
+    given = parse_input_size(input_size)
+    src = input_path(model)
+    if arch is not None:
+        check_arch(arch)
     net = model_of(
-        input_path(model),
+        src,
         arch=arch,
         arch_kwargs=kwargs if arch_kwarg else None,
         trust_pickle=trust_pickle,
         trust_code=trust_code,
     )
-    size = parse_input_size(input_size, net)
+    size = input_size_of(given, net)
     report = summary(net, size)
     meta = {"command": "summary", "input": str(model), "input_size": list(size)}
     total = report.total

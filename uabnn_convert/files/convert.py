@@ -7,14 +7,14 @@ parses and prints.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..api import inspect, model_name, patch
+from ..api import example_from_specs, inspect, model_name, patch
 from ..config import ConvertConfig
 from ..errors import CheckpointError
 from ..report import Report, format_bytes
@@ -61,6 +61,16 @@ class Converted:
         )
 
 
+def example_for(model: nn.Module, input_size: Sequence[int] | None) -> Any:
+    """Two seeded samples of ``input_size`` (else the model's ``pretrained_cfg`` size), or
+    ``None`` when neither is known."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = input_size if input_size is not None else cfg.get("input_size")
+    if size is None:
+        return None
+    return example_from_specs([{"shape": [2, *size], "dtype": "float32"}])
+
+
 def convert_file(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -70,11 +80,15 @@ def convert_file(
     config: ConvertConfig | Mapping[str, Any] | None = None,
     force: bool = False,
     trust_pickle: bool = False,
+    input_size: Sequence[int] | None = None,
 ) -> Converted:
     """Convert the model in ``source`` and write it (default ``model.pt`` -> ``model.uabnn.pt``).
 
     ``source`` is a state_dict or training checkpoint (needs ``arch``) or a pickled model (needs
-    ``trust_pickle``). Nothing is written unless every step succeeds.
+    ``trust_pickle``). ``input_size`` (one sample, e.g. ``(3, 224, 224)``; default the model's
+    ``pretrained_cfg``) gives the example inputs a run-time capture needs and that the step-0
+    parity check runs; they are recorded in the file. Nothing is written unless every step
+    succeeds.
     """
     cfg = ConvertConfig.coerce(config)
     kwargs = dict(arch_kwargs or {})
@@ -88,7 +102,7 @@ def convert_file(
         )
     notes = list(file.notes)
     model, arch_ref = model_from(file, arch, kwargs)
-    patch(model, cfg)
+    patch(model, cfg, example_inputs=example_for(model, input_size))
     if arch_ref is None:
         notes.append(
             f"{dst.name} records no architecture (the input is a pickled model and no --arch was "

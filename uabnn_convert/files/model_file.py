@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import freeze, patch, sites
+from ..api import example_from_specs, freeze, patch, sites
 from ..config import ConvertConfig
 from ..errors import CheckpointError, ConversionError
 from .arch import arch_label, build_arch
@@ -144,15 +144,24 @@ def rebuild(
 
 
 def patch_recorded(
-    model: nn.Module, record: Mapping[str, Any], *, source: str, target: str
+    model: nn.Module,
+    record: Mapping[str, Any],
+    *,
+    source: str,
+    target: str,
+    changes: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Patch ``model`` exactly as a record says: its config, at its sites, with their settings."""
+    """Patch ``model`` exactly as a record says: its config, at its sites, with their settings
+    (``changes``, e.g. ``{"delta": 1.0}``, replace a setting at every site), on example inputs
+    of the recorded shapes when the record says a run-time capture needed them."""
     config: ConvertConfig = record["config"]
     recorded_sites = record["sites"]
     base = config.defaults()
     overrides = {
-        name: {k: v for k, v in s.items() if v != base.get(k)} for name, s in recorded_sites.items()
+        name: {k: v for k, v in {**s, **(changes or {})}.items() if v != base.get(k)}
+        for name, s in recorded_sites.items()
     }
+    specs = record.get("example_inputs")
     try:
         patch(
             model,
@@ -161,6 +170,7 @@ def patch_recorded(
                 exclude=None,
                 overrides={k: v for k, v in overrides.items() if v},
             ),
+            example_inputs=example_from_specs(specs) if specs else None,
         )
     except (ConversionError, ValueError) as e:
         raise CheckpointError(f"{source} does not match {target}: {first_line(e, 300)}") from e

@@ -7,7 +7,11 @@ A record is a plain dict (it loads with ``torch.load(weights_only=True)``)::
     arch: timm/zoo name or "package.module:factory" (builds the *unconverted* model) or None
     arch_kwargs: {...}          config: ConvertConfig.to_dict()
     sites: {qualified site name: its settings}
+    example_inputs: [{shape, dtype}, …] or None  (what a run-time capture was learnt on)
     state_dict: {...}           training: {...}   (kind "checkpoint" only: the harness state)
+
+A site that holds no state yet is saved without its window and held state (they hold nothing:
+the file is about the size of the original checkpoint); loading treats it as fresh.
 
 ``converted`` is what ``uabnn-convert MODEL`` and :func:`uabnn_convert.save` write; ``frozen`` is
 the deployable model (frozen and folded); ``checkpoint`` is a fine-tuning checkpoint, which
@@ -26,8 +30,9 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..api import model_name, sites
+from ..api import EXAMPLE_ATTR, model_name, sites
 from ..config import ConvertConfig
+from ..core.csign import DATA_BUFFERS
 from ..errors import CheckpointError, ConversionError
 
 FORMAT = "uabnn-convert"
@@ -74,6 +79,7 @@ def make_record(
     arch_kwargs: Mapping[str, Any] | None,
     config: ConvertConfig,
     sites_: Mapping[str, Mapping[str, Any]],
+    example_inputs: list[dict[str, Any]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A record of ``kind`` around ``state_dict``; ``extra`` adds kind-specific entries."""
@@ -88,9 +94,23 @@ def make_record(
         "arch_kwargs": plain_kwargs(arch_kwargs),
         "config": config.to_dict(),
         "sites": {k: dict(v) for k, v in sites_.items()},
-        "state_dict": dict(state_dict),
+        "example_inputs": example_inputs,
+        "state_dict": _compact(state_dict, sites_),
         **extra,
     }
+
+
+def _compact(
+    state_dict: Mapping[str, torch.Tensor], sites_: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The state_dict without the per-element buffers of sites that hold nothing yet."""
+    empty = {
+        f"{name}.{buffer}"
+        for name in sites_
+        if f"{name}.num_updates" in state_dict and int(state_dict[f"{name}.num_updates"]) == 0
+        for buffer in DATA_BUFFERS
+    }
+    return {k: v for k, v in state_dict.items() if k not in empty}
 
 
 def converted_record(
@@ -118,6 +138,7 @@ def converted_record(
         arch_kwargs=arch_kwargs,
         config=config,
         sites_=recorded,
+        example_inputs=model.__dict__.get(EXAMPLE_ATTR),
         **extra,
     )
 
@@ -158,4 +179,5 @@ def check_record(path: Path, obj: Mapping[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a damaged {FORMAT} file (its settings: {e})") from e
     record["arch_kwargs"] = dict(obj["arch_kwargs"])
     record["sites"] = {k: dict(v) for k, v in obj["sites"].items()}
+    record.setdefault("example_inputs", None)
     return record

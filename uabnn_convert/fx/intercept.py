@@ -2,8 +2,10 @@
 
 For modules the trace refuses (:mod:`.tracing`) — a forward that builds modules, branches on
 an input's shape, writes ``weight.data``, updates buffers on an epoch condition — the module
-keeps its own forward and runs it as written, so everything stays live. A forward pre-hook
-puts a :class:`~torch.overrides.TorchFunctionMode` around the call that follows data flow:
+keeps its own forward and runs it as written, so everything stays live. A per-instance subclass
+(as for traced modules: ``isinstance`` holds, it pickles as the original class, restoring
+``__class__`` undoes it) puts a :class:`~torch.overrides.TorchFunctionMode` around that forward
+that follows data flow:
 
 * every tensor computed from the forward's inputs is *tainted*; every tensor computed from the
   module's parameters, buffers or tensor attributes (and nothing tainted) carries those
@@ -22,8 +24,10 @@ Which weight signs a module makes is learnt by running the model once on example
 (:func:`discover`, on a copy when the model can be copied), so this capture needs
 ``patch(model, example_inputs=...)``. A weight sign made where the capture saw none (a path the
 example inputs did not take, RBNN's once-an-epoch rotation solver) is computed as written, with
-a warning the first time. The cost is a Python call per op inside captured modules only;
-``torch.compile`` breaks the graph around them (``fullgraph=True`` refuses them).
+a warning the first time. The cost is a Python call per op inside captured modules only.
+``torch.compile`` runs a captured module eagerly between two graphs (its forward is
+``torch.compiler.disable``-d; traced through, dynamo answered the first module's weight signs
+as written, measured on BinaryNet's and three other fixtures); ``fullgraph=True`` refuses it.
 """
 
 from __future__ import annotations
@@ -261,21 +265,55 @@ def _answer(module: nn.Module, plan: InterceptPlan):
     return answer
 
 
-def enter_hook(module: nn.Module, args: Any, kwargs: Any) -> None:
-    """Forward pre-hook of a captured module: start following its forward."""
-    plan = plan_of(module)
+def _captured_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The forward of a captured module: its class's own forward, followed by a tracker.
+
+    Disabled for ``torch.compile``: dynamo would trace the tracker's ``__torch_function__``
+    with its own frames (so the call-site keys would not match) and answer the weight signs
+    of the first captured module as written. Disabled, the module runs eagerly between two
+    graphs, exactly as without compile; ``fullgraph=True`` refuses it.
+    """
+    base = type(self).__dict__["_uabnn_base"]
+    plan = plan_of(self)
     if plan is None:
-        return
-    tracker = _Tracker(module, (args, kwargs), _answer(module, plan))
-    _stack().append(tracker)
-    tracker.__enter__()
+        return base.forward(self, *args, **kwargs)
+    tracker = _Tracker(self, (args, kwargs), _answer(self, plan))
+    with tracker:
+        return base.forward(self, *args, **kwargs)
 
 
-def leave_hook(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-    """Forward hook of a captured module (always called): stop following its forward."""
-    if plan_of(module) is None:
-        return
-    _stack().pop().__exit__(None, None, None)
+_captured_forward = torch.compiler.disable(_captured_forward)
+_CAPTURED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _captured_class(base: type[nn.Module]) -> type[nn.Module]:
+    """One subclass per original class (``isinstance`` holds; restoring ``__class__`` undoes
+    it); it pickles as the original class with the module's state, plan included."""
+    cls = _CAPTURED_CLASSES.get(base)
+    if cls is None:
+
+        def __reduce_ex__(self: nn.Module, protocol: int) -> Any:
+            return _new_captured, (base,), self.__getstate__()
+
+        cls = type(
+            base.__name__,
+            (base,),
+            {
+                "forward": _captured_forward,
+                "__module__": base.__module__,
+                "__qualname__": base.__qualname__,
+                "__reduce_ex__": __reduce_ex__,
+                "_uabnn_base": base,
+            },
+        )
+        _CAPTURED_CLASSES[base] = cls
+    return cls
+
+
+def _new_captured(base: type[nn.Module]) -> nn.Module:
+    """Unpickle a captured module: a bare instance (``__setstate__`` sets the state)."""
+    cls = _captured_class(base)
+    return cls.__new__(cls)
 
 
 Captured = dict[str, tuple[nn.Module, list[SiteRecord], str]]
@@ -291,7 +329,7 @@ def capture_names(captured: Captured) -> dict[str, list[str]]:
 
 
 class InterceptSigns:
-    """Capture modules at run time: sites as children, a plan, and the two hooks."""
+    """Capture modules at run time: sites as children, a plan, and the capturing subclass."""
 
     def __init__(
         self, captured: Captured, make_site: Callable[[str, str, SiteRecord], CSignSite]
@@ -313,8 +351,7 @@ class InterceptSigns:
                     self.sites.append(site)
                 where = [r.where for r in records]
                 module.__dict__[PLAN_ATTR] = InterceptPlan(names, where, reason)
-                module.register_forward_pre_hook(enter_hook, with_kwargs=True)
-                module.register_forward_hook(leave_hook, with_kwargs=True, always_call=True)
+                module.__class__ = _captured_class(type(module))
                 done.append(module)
         except BaseException:
             for module in done + [entry[0] for entry in self.captured.values()]:
@@ -324,14 +361,11 @@ class InterceptSigns:
 
 
 def release(module: nn.Module) -> None:
-    """Undo the capture of one module: hooks, plan and sites (or frozen buffers) removed."""
+    """Undo the capture of one module: its class, plan and sites (or frozen buffers)."""
     plan = module.__dict__.pop(PLAN_ATTR, None)
-    for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for key in [k for k, h in hooks.items() if h in (enter_hook, leave_hook)]:
-            del hooks[key]
-            module._forward_pre_hooks_with_kwargs.pop(key, None)
-            module._forward_hooks_with_kwargs.pop(key, None)
-            module._forward_hooks_always_called.pop(key, None)
+    base = type(module).__dict__.get("_uabnn_base")
+    if base is not None and type(module) is _CAPTURED_CLASSES.get(base):
+        module.__class__ = base
     if plan is not None:
         for name in plan.sites:
             if isinstance(module._modules.get(name), CSignSite):

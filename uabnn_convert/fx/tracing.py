@@ -613,7 +613,8 @@ def original_class(module: nn.Module) -> type[nn.Module]:
 
 
 def is_rewritten(module: nn.Module) -> bool:
-    return "_uabnn_base" in type(module).__dict__
+    """Whether ``module`` runs rewritten graphs (a captured module runs its own forward)."""
+    return "_uabnn_graphs" in type(module).__dict__
 
 
 def restore_class(module: nn.Module) -> None:

@@ -1,20 +1,23 @@
 """Fine-tuning harness: recipes, exact resume, metrics, plots, multi-process training.
 
     from uabnn_convert.train import finetune
-    result = finetune("recipes/digits.yaml")                  # or a bundled name: "digits"
-    result = finetune("recipes/cifar10_wrn22_16.yaml", data="~/data", sign_baseline=True)
+    result = finetune("digits")                                  # a bundled recipe, or a YAML
+    result = finetune("digits", init="model.uabnn.pt")           # from a converted file
+    result = finetune(resume="latest", out="runs/digits")        # continue a run exactly
 
-Command line: ``python -m uabnn_convert.train RECIPE --data PATH [--resume latest]``;
-``torchrun --nproc_per_node N -m uabnn_convert.train ...`` for several processes.
+Command line: ``uabnn-convert finetune RECIPE [--init FILE] [--resume latest]``;
+``torchrun --nproc_per_node N -m uabnn_convert finetune ...`` for several processes.
 """
 
+from .build import ModelSource, build_model
 from .errors import DataError, RecipeError, ResumeError, TrainError
-from .harness import FinetuneResult, TrainState, build_model, finetune
+from .harness import FinetuneResult, TrainState, finetune
 from .recipe import Recipe, load_recipe
 
 __all__ = [
     "DataError",
     "FinetuneResult",
+    "ModelSource",
     "Recipe",
     "RecipeError",
     "ResumeError",

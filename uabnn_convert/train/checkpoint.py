@@ -1,13 +1,16 @@
-"""Checkpoints: atomic writes, the last K kept, a ``best`` copy, and finding the latest.
+"""Checkpoints: the package's record (kind ``checkpoint``) around the harness state.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)`` (no arbitrary unpickling). It holds the model ``state_dict``
-(weights and the c-sign state buffers), optimizer, LR scheduler, AMP scaler when used, epoch and
-step, every RNG state (python, numpy, torch, CUDA), the resolved recipe and the metrics history.
+A checkpoint is what ``uabnn-convert`` writes for a converted model — architecture, arguments,
+c-sign settings per site, the state_dict with weights and c-sign state, package version — plus
+``training``: optimizer, LR scheduler, AMP scaler when used, epoch and step, every RNG state
+(python, numpy, torch, CUDA), the resolved recipe, this run's overrides, the metrics history.
+So ``inspect``, ``freeze``, ``freeze --packed``, ``summary``, ``export`` and ``uc.load`` read it
+as they read a converted file, and ``--resume`` needs nothing else. It loads with
+``torch.load(weights_only=True)``.
 
-Writes go to a temporary file in the same directory, are flushed and fsynced, then renamed over
-the final name (and the directory is fsynced), so a crash or SIGKILL leaves either the previous
-file or the complete new one, never a truncated checkpoint under a real name.
+Writes are atomic (temporary file, fsync, rename), so a crash or SIGKILL leaves either the
+previous file or the complete new one; the last ``log.keep_last`` are kept, ``best.pt`` is a
+hard link to the best.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..files import atomic_save as _atomic_save
-from ..files import atomic_write_text as _atomic_write_text
+from ..errors import UabnnError
+from ..files import ModelFile, atomic_save, converted_record, read
+from .build import ModelSource
 from .errors import ResumeError
 
-FORMAT = "uabnn_convert.train/1"
 STEP_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 BEST_NAME = "best.pt"
 
@@ -36,13 +40,18 @@ def step_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"ckpt-{step:08d}.pt"
 
 
-def atomic_save(obj: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` a checkpoint atomically, creating its directory if needed."""
+def save(path: Path, model: nn.Module, source: ModelSource, training: Mapping[str, Any]) -> Path:
+    """Write a checkpoint atomically, creating its directory if needed."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(dict(obj), path)
-
-
-atomic_write_text = _atomic_write_text
+    record = converted_record(
+        "checkpoint",
+        model,
+        arch=source.arch,
+        arch_kwargs=source.arch_kwargs,
+        config=source.config,
+        training={**training, "trusted": source.trusted, "init": source.init},
+    )
+    return atomic_save(record, path)
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -64,9 +73,12 @@ def prune(run_dir: Path, keep: int) -> None:
             path.unlink()
 
 
-def resolve_resume(resume: str | Path, run_dir: Path) -> Path:
-    """``"latest"`` -> the newest step checkpoint in ``run_dir``; otherwise the given file."""
+def resolve_resume(resume: str | Path, run_dir: Path | None) -> Path:
+    """``"latest"`` -> the newest step checkpoint in ``run_dir``; a run directory -> its newest;
+    otherwise the given file."""
     if str(resume) == "latest":
+        if run_dir is None:
+            raise ResumeError("--resume latest needs the run directory: give --out DIR")
         found = step_checkpoints(run_dir)
         if not found:
             raise ResumeError(
@@ -81,18 +93,18 @@ def resolve_resume(resume: str | Path, run_dir: Path) -> Path:
     return path
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Load a harness checkpoint with ``weights_only=True``; a one-line error otherwise."""
+def load(path: Path) -> ModelFile:
+    """A harness checkpoint (read like every other file: ``weights_only=True``)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResumeError(f"cannot read checkpoint {path}: {first}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        file = read(path)
+    except UabnnError as exc:
+        raise ResumeError(f"cannot resume: {exc}") from None
+    if file.kind != "checkpoint" or not isinstance(file.record.get("training"), Mapping):
         raise ResumeError(
-            f"{path} is not a uabnn_convert training checkpoint (expected format {FORMAT!r})"
+            f"{path} is a {file.kind.replace('_', ' ')}, not a checkpoint of this harness; give "
+            "it to --init to start a new run from it"
         )
-    return ckpt
+    return file
 
 
 # ----------------------------------------------------------------------------- RNG states

@@ -1,7 +1,8 @@
 """The fine-tuning loop: a recipe in, a trained converted model, checkpoints and logs out.
 
 Converted models train in any ordinary loop (see ``examples/train_loop.py``); this harness adds
-what long runs need: recipes, exact resume, metrics, plots and multi-process training.
+what long runs need: recipes, a start from any checkpoint or converted file, exact resume,
+metrics (JSON lines, a per-site CSV, TensorBoard), plots and multi-process training.
 
 Choices worth knowing:
 
@@ -12,46 +13,53 @@ Choices worth knowing:
   optimization on one process or many, with or without accumulation.
 * The LR schedule is laid out over the recipe's full ``epochs`` and stepped per update;
   ``max_steps`` stops early on that same schedule (so a short run is a prefix of the long one).
-* DDP runs without the per-forward buffer broadcast (``broadcast_buffers=False``, named
-  ``forward_sync_buffers=False`` since torch 2.14; buffers still sync once at the start). The
-  c-sign state is a deterministic function of the weights, which DDP keeps identical on every
-  rank, so broadcasting it (``m + 1`` copies of every binary weight, before every forward) would
-  only cost time. BatchNorm running statistics do differ per rank (each sees its own samples);
-  they are averaged over ranks (timm's ``distribute_bn(reduce=True)``) before every evaluation
-  and checkpoint, so evaluation, checkpoints and all ranks agree. Training-mode BN normalises
-  with batch statistics and is unaffected.
+* Resume (``resume="latest"`` or a checkpoint): the run continues from the checkpoint's own
+  recorded recipe, overrides and model; flags need not be repeated. Keys that do not change
+  the trajectory may change (:data:`~.recipe.RESUME_EXEMPT`: where the data lives, logging,
+  ``max_steps``, which is not inherited: a resume without it runs to the recipe's end), and
+  ``train.epochs`` may grow to extend a run (the schedule is laid out again over the new
+  length, from the current step); any other change is refused, naming the key.
+* DDP runs without the per-forward buffer broadcast (:func:`.dist.no_forward_buffer_sync`).
+  BatchNorm running statistics differ per rank; they are averaged over ranks (timm's
+  ``distribute_bn(reduce=True)``) before every evaluation and checkpoint.
 * Gradient accumulation: the micro-batches of one step see unchanged weights, so c-sign does
   not advance on them (SPEC section 3): one update per optimizer step.
+* Nothing in a step reads a value back to the host (meters stay on the device); log points,
+  evaluations and checkpoints do.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import timm
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from .._version import __version__
-from ..api import patch, sites
-from ..files import append_line
+from ..api import sites
+from ..config import ConvertConfig
+from ..files import arch_label, atomic_write_text, load_weights, patch_recorded
 from . import checkpoint as ck
+from .build import (
+    ModelSource,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    seed_everything,
+)
+from .console import RunConsole, summary_table
 from .data import build_data, eval_loader, steps_per_epoch, train_loader
+from .dist import Dist, no_forward_buffer_sync
 from .errors import DataError, RecipeError, ResumeError
+from .logs import METRICS_FILE, RunLogs
 from .metrics import FlipMeter, LossMeter, uncertainty
-from .plot import METRICS_FILE, plot_runs, read_history, run_label
-from .recipe import CSignSpec, Recipe, flatten, load_recipe, recipe_differences
+from .plot import plot_runs, read_history, run_label
+from .recipe import Recipe, flatten, load_recipe, recipe_differences
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -90,11 +98,15 @@ Callback = Callable[[TrainState], None]
 
 
 def finetune(
-    recipe: str | Path | Mapping[str, Any] | Recipe,
+    recipe: str | Path | Mapping[str, Any] | Recipe | None = None,
     data: str | Path | None = None,
     out: str | Path | None = None,
     resume: str | Path | None = None,
     *,
+    init: str | Path | None = None,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    trust_code: bool = False,
     sign_baseline: bool = False,
     max_steps: int | None = None,
     epochs: int | None = None,
@@ -107,14 +119,17 @@ def finetune(
 ) -> FinetuneResult:
     """Train a converted model as a recipe says; resume exactly from a checkpoint.
 
-    ``data`` is the dataset directory (not needed for digits); ``out`` the run directory
-    (default: ``runs/<recipe name>``, or the resumed checkpoint's directory); ``resume`` a
-    checkpoint file, a run directory, or ``"latest"`` (the newest checkpoint in ``out``).
+    ``recipe``: a YAML path, a bundled name, a dict or a :class:`Recipe` (optional when
+    resuming: the checkpoint records its recipe). ``init``: a file to start from — a
+    state_dict, a converted file or a checkpoint (:mod:`.build` says which settings win);
+    ``arch``/``arch_kwargs``: the architecture, as ``uabnn-convert --arch`` takes it;
+    ``trust_code``: allow a factory named by a file or a recipe. ``data``: the dataset
+    directory. ``out``: the run directory (default ``runs/<recipe name>``, or the resumed
+    checkpoint's directory). ``resume``: a checkpoint file, a run directory, or ``"latest"``.
     ``sign_baseline`` turns c-sign off; ``max_steps``, ``epochs``, ``batch_size``,
-    ``image_size`` and dotted ``overrides`` (``{"optim.lr": 0.01}``) change the recipe before
-    validation. ``compare`` is another run directory whose curves the final plot overlays.
-    ``callbacks`` run after every step.
-    Under ``torchrun`` every rank calls this; only rank 0 writes files.
+    ``image_size`` and dotted ``overrides`` (``{"optim.lr": 0.01}``) change the recipe.
+    ``compare`` is another run directory whose curves the final plot overlays; ``callbacks``
+    run after every step. Under ``torchrun`` every rank calls this; only rank 0 writes files.
     """
     merged: dict[str, Any] = dict(overrides or {})
     for key, value in (
@@ -127,163 +142,90 @@ def finetune(
             merged[key] = value
     if sign_baseline:
         merged["csign.enabled"] = False
-    rec = load_recipe(recipe, merged)
-    if not rec.csign.enabled and not rec.name.endswith("_sign"):
-        rec.name = f"{rec.name}_sign"
     if data is not None:
-        rec.data.root = str(Path(data).expanduser())
-    if out is not None:
-        run_dir = Path(out)
-    elif resume is not None and str(resume) != "latest":
-        # Continue in the directory the checkpoint came from.
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        merged["data.root"] = str(Path(data).expanduser())
+    start = _Start(init, arch, arch_kwargs, trust_code, merged)
+    if resume is not None:
+        run_dir, path = _resume_target(resume, out, recipe, merged)
+        rec, checkpoint = _resumed_recipe(path, merged)
+        start.checkpoint = checkpoint
+        start.path = path
     else:
-        run_dir = DEFAULT_RUNS_DIR / rec.name
-    return _Trainer(rec, run_dir, resume, compare, progress, list(callbacks)).run()
+        if recipe is None:
+            raise RecipeError("give a recipe (a YAML file or a bundled name) or --resume")
+        rec = load_recipe(recipe, merged)
+        if not rec.csign.enabled and not rec.name.endswith("_sign"):
+            rec.name = f"{rec.name}_sign"
+        run_dir = Path(out) if out is not None else DEFAULT_RUNS_DIR / rec.name
+    return _Trainer(rec, run_dir, start, compare, progress, list(callbacks)).run()
 
 
-# ----------------------------------------------------------------------------- building blocks
-def build_model(rec: Recipe) -> nn.Module:
-    """The recipe's timm model (zoo names registered), converted, with ``model.init`` loaded."""
-    from .. import zoo  # noqa: F401  (registers the zoo's models with timm)
+@dataclass
+class _Start:
+    """Where a run's model comes from: ``init`` (and ``arch``) for a new run, the checkpoint
+    for a resumed one; ``overrides`` are the recipe keys this invocation set."""
 
-    try:
-        model = timm.create_model(rec.model.arch, pretrained=False, **rec.model.kwargs)
-    except RuntimeError as exc:
-        raise RecipeError(f"model.arch={rec.model.arch!r}: {exc}") from None
-    except TypeError as exc:
-        raise RecipeError(f"model.kwargs for {rec.model.arch!r}: {exc}") from None
-    convert(model, rec.csign)
-    if rec.model.init:
-        _load_init(model, Path(rec.model.init))
-    return model
+    init: str | Path | None
+    arch: str | None
+    arch_kwargs: Mapping[str, Any] | None
+    trust_code: bool
+    overrides: dict[str, Any]
+    checkpoint: Any = None
+    path: Path | None = None
 
 
-def convert(model: nn.Module, spec: CSignSpec) -> nn.Module:
-    """Patch with the recipe's c-sign, or with ``delta=1`` (exactly sign) for the baseline."""
-    return patch(model, spec.config())
+def _resume_target(
+    resume: str | Path, out: str | Path | None, recipe: Any, merged: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """The run directory and the checkpoint a resume continues."""
+    run_dir = Path(out) if out is not None else None
+    if run_dir is None and str(resume) == "latest" and recipe is not None:
+        rec = load_recipe(recipe, merged)
+        suffix = "" if rec.csign.enabled or rec.name.endswith("_sign") else "_sign"
+        run_dir = DEFAULT_RUNS_DIR / f"{rec.name}{suffix}"
+    path = ck.resolve_resume(resume, run_dir)
+    return (run_dir if run_dir is not None else path.parent), path
 
 
-def build_optimizer(model: nn.Module, rec: Recipe) -> torch.optim.Optimizer:
-    """``timm.optim.create_optimizer_v2`` with the recipe's settings."""
-    from timm.optim import create_optimizer_v2
-
-    o = rec.optim
-    if o.name == "sgd":
-        # timm's "sgd" is Nesterov SGD; "momentum" is classical momentum SGD.
-        return create_optimizer_v2(
-            model,
-            opt="sgd" if o.nesterov else "momentum",
-            lr=o.lr,
-            weight_decay=o.weight_decay,
-            momentum=o.momentum,
-            filter_bias_and_bn=o.filter_bias_and_bn,
+def _resumed_recipe(path: Path, merged: Mapping[str, Any]) -> tuple[Recipe, Any]:
+    """The checkpoint's recipe with this invocation's allowed changes; others are refused."""
+    checkpoint = ck.load(path)
+    training = checkpoint.record["training"]
+    recorded = training["recipe"]
+    # max_steps says where this invocation stops; a resume without it runs to the recipe's end.
+    rec = load_recipe(recorded, {"train.max_steps": None, **merged})
+    diffs = [k for k in recipe_differences(recorded, rec.to_dict()) if k != "train.epochs"]
+    if rec.train.epochs < recorded["train"]["epochs"]:
+        raise ResumeError(
+            f"cannot resume from {path} with train.epochs {rec.train.epochs}: the run was laid "
+            f"out over {recorded['train']['epochs']} epochs; give more epochs to extend it, or "
+            "--max-steps to stop early"
         )
-    return create_optimizer_v2(
-        model,
-        opt=o.name,
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        betas=(o.momentum, o.beta2),
-        filter_bias_and_bn=o.filter_bias_and_bn,
-    )
+    if diffs:
+        old, new = flatten(recorded), flatten(rec.to_dict())
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:4])
+        raise ResumeError(
+            f"cannot resume from {path} with {shown}: only where the data lives, logging, "
+            "max_steps and a longer train.epochs may change on resume (start a new run with "
+            "--init to change the rest)"
+        )
+    return rec, checkpoint
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, rec: Recipe, updates_per_epoch: int) -> Any:
-    """A timm scheduler over the full recipe length, stepped once per optimizer update."""
-    from timm.scheduler import create_scheduler_v2
-
-    s = rec.schedule
-    name = {"cosine": "cosine", "linear": "poly", "constant": "constant"}[s.name]
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=name,
-        num_epochs=rec.train.epochs,
-        decay_rate=1.0,  # for "poly": power 1 is a linear decay
-        min_lr=s.min_lr,
-        warmup_epochs=s.warmup_epochs,
-        warmup_lr=s.warmup_lr,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )
-    scheduler.step_update(0)
-    return scheduler
-
-
-def _load_init(model: nn.Module, path: Path) -> None:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RecipeError(f"model.init: no such file {str(path)!r}") from None
-    except Exception as exc:
-        raise RecipeError(f"model.init: cannot read {path} as a state_dict ({exc})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    try:
-        model.load_state_dict(obj)
-    except (RuntimeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RecipeError(f"model.init: {path} does not fit the model: {first}") from None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class _Dist:
-    """Process-group facts, and the few collectives the loop needs (no-ops on one process)."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{self.local_rank}" if cuda else "cpu")
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            if cuda:
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend="nccl" if cuda else "gloo")
-            self.owns_group = True
-        if dist.is_initialized():
-            self.world, self.rank = dist.get_world_size(), dist.get_rank()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return t
-        buf = t.to(self.device)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        return buf.cpu()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            dist.destroy_process_group()
-
-
+# ----------------------------------------------------------------------------- the loop
 class _Trainer:
     def __init__(
         self,
         rec: Recipe,
         run_dir: Path,
-        resume: str | Path | None,
+        start: _Start,
         compare: str | Path | None,
         progress: bool,
         callbacks: list[Callback],
     ) -> None:
         self.rec = rec
         self.run_dir = run_dir
-        self.resume = resume
+        self.start = start
         self.compare = Path(compare) if compare is not None else None
         self.show = progress
         self.callbacks = callbacks
@@ -291,30 +233,37 @@ class _Trainer:
         self.best: dict[str, Any] | None = None
         self.step = 0
         self.last_checkpoint: Path | None = None
-        self.console: Any = None
+        self.console: RunConsole | None = None
+        self.logs: RunLogs | None = None
 
-    # ------------------------------------------------------------------ setup
     def run(self) -> FinetuneResult:
         rec = self.rec
         if rec.train.threads:
             torch.set_num_threads(rec.train.threads)
-        self.dist = d = _Dist()
+        self.dist = d = Dist()
         try:
             return self._run(rec, d)
         finally:
+            if self.logs is not None:
+                self.logs.close()
             d.close()
 
-    def _run(self, rec: Recipe, d: _Dist) -> FinetuneResult:
+    def _run(self, rec: Recipe, d: Dist) -> FinetuneResult:
         if self.compare is not None and not (self.compare / METRICS_FILE).is_file():
             raise DataError(f"--compare {self.compare}: expected a run directory with metrics")
         seed_everything(rec.seed)
-        model = build_model(rec)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        bundle = build_data(rec.data, rec.data.root, rec.seed, cfg.get("mean"), cfg.get("std"))
-        n_out = getattr(model, "num_classes", None)
+        self.model, self.source = self._model(rec)
+        if self.start.checkpoint is None:
+            # The recorded recipe says what runs: the architecture and settings actually used.
+            src = self.source
+            rec.model.arch, rec.model.kwargs = src.arch, dict(src.arch_kwargs)
+            rec.model.init = str(src.init) if src.init is not None else None
+            rec.csign.record(src.config)
+        bundle = self._data(self.model)
+        n_out = getattr(self.model, "num_classes", None)
         if isinstance(n_out, int) and n_out < bundle.num_classes:
             raise RecipeError(
-                f"model {rec.model.arch} has {n_out} outputs but the data has "
+                f"model {self.source.arch} has {n_out} outputs but the data has "
                 f"{bundle.num_classes} classes; set model.kwargs.num_classes"
             )
         accum, batch = rec.train.grad_accum, rec.data.batch_size
@@ -332,10 +281,9 @@ class _Trainer:
             )
         total = rec.train.epochs * self.spe
         self.target = min(total, rec.train.max_steps or total)
-        model.to(d.device)
-        self.model = model
+        self.model.to(d.device)
         self.bundle = bundle
-        self.optimizer = build_optimizer(model, rec)
+        self.optimizer = build_optimizer(self.model, rec)
         self.scheduler = build_scheduler(self.optimizer, rec, self.spe)
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
             rec.train.amp or ""
@@ -343,86 +291,117 @@ class _Trainer:
         self.scaler = (
             torch.amp.GradScaler(d.device.type) if self.amp_dtype is torch.float16 else None
         )
-        if self.resume is not None:
-            self._restore(ck.resolve_resume(self.resume, self.run_dir))
+        if self.start.checkpoint is not None:
+            self._restore()
         elif ck.step_checkpoints(self.run_dir):
             raise ResumeError(
                 f"run directory {self.run_dir} already holds checkpoints; pass --resume latest "
                 "to continue it, or choose another --out"
             )
+        if self.step >= self.target:
+            raise ResumeError(
+                f"the run in {self.run_dir} is already at step {self.step} of {self.target}; "
+                "give --epochs N (more than before) or --max-steps to train further"
+            )
         if d.main:
-            self._init_run_dir()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_recipe()
+            self.logs = RunLogs(self.run_dir, self.history, self.step)
         d.barrier()
-        self.net: nn.Module = model
+        self.net: nn.Module = self.model
         if d.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
-                model,
+                self.model,
                 device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                **_no_forward_buffer_sync(),
+                **no_forward_buffer_sync(),
             )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=rec.train.label_smoothing)
-        self.flips = FlipMeter(model)
-        self.meter = LossMeter()
+        self.flips = FlipMeter(self.model)
+        self.meter = LossMeter(d.device)
         self._train()
         return self._finish()
 
-    def _restore(self, path: Path) -> None:
-        ckpt = ck.load(path)
-        diffs = recipe_differences(ckpt["recipe"], self.rec.to_dict())
-        if diffs:
-            old, new = flatten(ckpt["recipe"]), flatten(self.rec.to_dict())
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:4])
-            more = f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else ""
-            raise ResumeError(
-                f"cannot resume from {path}: it was written by a different recipe or model "
-                f"({shown}{more})"
-            )
-        if ckpt["steps_per_epoch"] != self.spe:
-            raise ResumeError(
-                f"cannot resume from {path}: {ckpt['steps_per_epoch']} steps per epoch there, "
-                f"{self.spe} with this data"
-            )
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ResumeError(
-                f"cannot resume from {path}: model state does not fit: {first}"
-            ) from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt.get("scaler") is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
-        self.history = list(ckpt["history"])
-        self.best = ckpt.get("best")
-        self.resumed_from = path
-        ck.set_rng_state(ckpt["rng"])
+    # ------------------------------------------------------------------ model
+    def _model(self, rec: Recipe) -> tuple[nn.Module, ModelSource]:
+        start = self.start
+        if start.checkpoint is not None:
+            return _from_checkpoint(start.checkpoint, start.trust_code)
 
-    def _init_run_dir(self) -> None:
+        def example(model: nn.Module) -> torch.Tensor:
+            sample = self._data(model).train[(0, 0)][0]
+            return torch.zeros(2, *sample.shape, dtype=sample.dtype)
+
+        explicit = {k: v for k, v in start.overrides.items() if k.startswith("csign.")}
+        return build_model(
+            rec,
+            init=start.init,
+            arch=start.arch,
+            arch_kwargs=start.arch_kwargs,
+            trust_code=start.trust_code,
+            explicit=explicit,
+            example=example,
+        )
+
+    def _data(self, model: nn.Module) -> Any:
+        """The recipe's data, normalised as the model's ``pretrained_cfg`` says (opened once)."""
+        if getattr(self, "_bundle", None) is None:
+            cfg = getattr(model, "pretrained_cfg", None) or {}
+            rec = self.rec
+            self._bundle = build_data(
+                rec.data, rec.data.root, rec.seed, cfg.get("mean"), cfg.get("std")
+            )
+        return self._bundle
+
+    def _restore(self) -> None:
+        training = self.start.checkpoint.record["training"]
+        path = self.start.path
+        if training["steps_per_epoch"] != self.spe:
+            raise ResumeError(
+                f"cannot resume from {path}: {training['steps_per_epoch']} steps per epoch "
+                f"there, {self.spe} with this data"
+            )
+        self.optimizer.load_state_dict(training["optimizer"])
+        if training["recipe"]["train"]["epochs"] == self.rec.train.epochs:
+            self.scheduler.load_state_dict(training["scheduler"])
+        if self.scaler is not None and training.get("scaler") is not None:
+            self.scaler.load_state_dict(training["scaler"])
+        self.step = int(training["step"])
+        self.scheduler.step_update(num_updates=self.step)
+        self.history = list(training["history"])
+        self.best = training.get("best")
+        self.resumed_from = path
+        ck.set_rng_state(training["rng"])
+
+    def _write_recipe(self) -> None:
         import yaml
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ck.atomic_write_text(
+        atomic_write_text(
             yaml.safe_dump(self.rec.to_dict(), sort_keys=False), self.run_dir / "recipe.yaml"
-        )
-        # On resume the log is rewritten from the checkpoint's history, dropping whatever an
-        # interrupted process logged after that checkpoint.
-        ck.atomic_write_text(
-            "".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / METRICS_FILE
         )
 
     # ------------------------------------------------------------------ loop
     def _train(self) -> None:
-        rec, d = self.rec, self.dist
-        accum = rec.train.grad_accum
-        if d.main and self.show:
-            self._start_console()
+        accum = self.rec.train.grad_accum
+        if self.dist.main and self.show:
+            self.console = RunConsole(self._header(), self.target, self.step, self._epoch_label())
         try:
             self._loop(accum)
         finally:
-            if self.bar is not None:
-                self.bar.stop()
+            if self.console is not None:
+                self.console.stop()
+
+    def _header(self) -> str:
+        rec, c = self.rec, self.source.config
+        mode = f"c-sign {c.describe()}" if rec.csign.enabled else "sign baseline"
+        n_sites = sum(1 for _ in sites(self.model))
+        resumed = getattr(self, "resumed_from", None)
+        return (
+            f"[bold]{rec.name}[/]: {arch_label(self.source.arch, self.source.arch_kwargs)} "
+            f"({n_sites} sites, {mode}) on {self.bundle.description}; {self.spe} steps/epoch, "
+            f"{self.target} steps, world {self.dist.world}; run dir {self.run_dir}"
+            + (f"; resumed from {resumed.name} at step {self.step}" if resumed else "")
+            + "".join(f"; {note}" for note in self.source.notes)
+        )
 
     def _loop(self, accum: int) -> None:
         rec, d = self.rec, self.dist
@@ -463,7 +442,8 @@ class _Trainer:
                     improved = self._evaluate(epoch)
                 if save:
                     self._save(epoch, improved)
-                self._advance_bar()
+                if self.console is not None:
+                    self.console.advance(self.step, self._epoch_label())
                 state = TrainState(
                     self.step,
                     epoch,
@@ -479,6 +459,10 @@ class _Trainer:
                 if final:
                     break
             del batches
+
+    def _epoch_label(self) -> str:
+        epochs = self.rec.train.epochs
+        return f"epoch {min(self.step // self.spe + 1, epochs)}/{epochs}"
 
     def _one_step(self, batches: Any, accum: int) -> None:
         d = self.dist
@@ -498,7 +482,7 @@ class _Trainer:
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
                 scaled.backward()
-            self.meter.add(loss.detach(), logits.detach(), y)
+            self.meter.add(loss, logits, y)
         if self.rec.train.clip_grad:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -537,7 +521,7 @@ class _Trainer:
         d = self.dist
         self._sync_bn()
         self.model.eval()
-        meter = LossMeter()
+        meter = LossMeter(d.device)
         loss_fn = nn.CrossEntropyLoss()
         for x, y in eval_loader(self.bundle.val, self.rec.data, rank=d.rank, world=d.world):
             x, y = x.to(d.device), y.to(d.device)
@@ -566,9 +550,10 @@ class _Trainer:
 
     def _record(self, rec: dict[str, Any]) -> None:
         self.history.append(rec)
-        if self.dist.main:
-            append_line(json.dumps(rec), self.run_dir / METRICS_FILE)
-            self._describe(rec)
+        if self.logs is not None:
+            self.logs.record(rec)
+        if self.console is not None:
+            self.console.describe(rec)
 
     def _sync_bn(self) -> None:
         if self.dist.world > 1:
@@ -580,10 +565,7 @@ class _Trainer:
     def _save(self, epoch: int, improved: bool) -> None:
         self._sync_bn()
         if self.dist.main:
-            state = {
-                "format": ck.FORMAT,
-                "version": __version__,
-                "model": self.model.state_dict(),
+            training = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -597,73 +579,12 @@ class _Trainer:
                 "best": self.best,
             }
             path = ck.step_path(self.run_dir, self.step)
-            ck.atomic_save(state, path)
+            ck.save(path, self.model, self.source, training)
             if improved:
-                _link_or_copy(path, self.run_dir / ck.BEST_NAME, state)
+                _link_or_copy(path, self.run_dir / ck.BEST_NAME)
             ck.prune(self.run_dir, self.rec.log.keep_last)
             self.last_checkpoint = path
         self.dist.barrier()
-
-    # ------------------------------------------------------------------ terminal
-    bar: Any = None
-
-    def _start_console(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console()
-        rec = self.rec
-        mode = (
-            f"c-sign m={rec.csign.m} delta={rec.csign.delta}"
-            if rec.csign.enabled
-            else "sign baseline"
-        )
-        n_sites = sum(1 for _ in sites(self.model))
-        resumed = getattr(self, "resumed_from", None)
-        self.console.print(
-            f"[bold]{rec.name}[/]: {rec.model.arch} ({n_sites} sites, {mode}) on "
-            f"{self.bundle.description}; {self.spe} steps/epoch, {self.target} steps, "
-            f"world {self.dist.world}; run dir {self.run_dir}"
-            + (f"; resumed from {resumed.name} at step {self.step}" if resumed else "")
-        )
-        self.bar = Progress(
-            TextColumn("[bold]{task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.description}"),
-            console=self.console,
-        )
-        self.task = self.bar.add_task(
-            "", total=self.target, completed=self.step, epoch=self._epoch_label()
-        )
-        self.bar.start()
-
-    def _advance_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.step, epoch=self._epoch_label())
-
-    def _epoch_label(self) -> str:
-        epochs = self.rec.train.epochs
-        return f"epoch {min(self.step // self.spe + 1, epochs)}/{epochs}"
-
-    def _describe(self, rec: dict[str, Any]) -> None:
-        if self.bar is None:
-            return
-        if rec["kind"] == "train":
-            text = f"loss {rec['loss']:.3f} top1 {rec['top1']:.1f} flip {rec['flip_rate']:.1e}"
-            self.bar.update(self.task, description=text)
-        else:
-            self.bar.console.print(
-                f"step {rec['step']}: val loss {rec['val_loss']:.4f} top1 "
-                f"{rec['val_top1']:.2f} top5 {rec['val_top5']:.2f}"
-            )
 
     # ------------------------------------------------------------------ end
     def _finish(self) -> FinetuneResult:
@@ -694,56 +615,29 @@ class _Trainer:
         return f"{self.rec.name} ({'c-sign' if self.rec.csign.enabled else 'sign'})"
 
 
-def summary_table(
-    history: Sequence[dict[str, Any]], best: dict[str, Any] | None, title: str
-) -> Any:
-    """A rich table with one row per evaluation: accuracy, loss, LR, flips, uncertainty."""
-    from rich.table import Table
+def _from_checkpoint(checkpoint: Any, trust_code: bool) -> tuple[nn.Module, ModelSource]:
+    """The model a checkpoint holds, as its run made it (its recorded trust included: a resume
+    trusts the run directory it is given, as one trusts a script one runs)."""
+    from ..files import build_arch
 
-    table = Table(
-        title=f"{title}: summary", box=None, padding=(0, 1), header_style="bold underline"
-    )
-    columns = ("epoch", "step", "loss", "top1", "val@1", "val@5", "lr", "flips", "vetoed")
-    for col in (*columns, "Σf̂"):
-        table.add_column(col, justify="right", no_wrap=True)
-    last_train: dict[str, Any] = {}
-    nan = float("nan")
-    for r in history:
-        if r["kind"] == "train":
-            last_train = r
-            continue
-        t = last_train
-        table.add_row(
-            str(r["epoch"]),
-            str(r["step"]),
-            f"{t.get('loss', nan):.3f}",
-            f"{t.get('top1', nan):.1f}",
-            f"{r['val_top1']:.2f}",
-            f"{r['val_top5']:.2f}",
-            f"{t.get('lr', nan):.1e}",
-            f"{t.get('flip_rate', nan):.1e}",
-            f"{t.get('vetoed_rate', nan):.1e}",
-            f"{t.get('uncertainty', nan):.4g}",
-        )
-    if best:
-        table.caption = f"best {best['metric']} {best['value']:.2f} at step {best['step']}"
-    return table
+    record = checkpoint.record
+    training = record["training"]
+    trusted = trust_code or bool(training.get("trusted"))
+    arch, kwargs = record["arch"], dict(record["arch_kwargs"])
+    model = build_arch(arch, kwargs, trusted=trusted)
+    label = arch_label(arch, kwargs)
+    patch_recorded(model, record, source=str(checkpoint.path), target=label)
+    load_weights(model, checkpoint.state_dict or {}, source=str(checkpoint.path), target=label)
+    config: ConvertConfig = record["config"]
+    return model, ModelSource(arch, kwargs, config, trusted, training.get("init"))
 
 
-def _no_forward_buffer_sync() -> dict[str, bool]:
-    """DDP without a buffer broadcast before every forward (buffers still sync at init).
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Point ``best.pt`` at a checkpoint: an atomic hard link, or an atomic copy."""
+    import shutil
 
-    torch >= 2.14 names this ``forward_sync_buffers=False`` and deprecates the older
-    ``broadcast_buffers=False``; use whichever this torch has.
-    """
-    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-    if "forward_sync_buffers" in params:
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
+    from ..files import atomic_path
 
-
-def _link_or_copy(src: Path, dst: Path, state: Mapping[str, Any]) -> None:
-    """Point ``best.pt`` at a checkpoint: an atomic hard link, or a second atomic save."""
     tmp = dst.with_name(f".{dst.name}.link.tmp")
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -751,4 +645,5 @@ def _link_or_copy(src: Path, dst: Path, state: Mapping[str, Any]) -> None:
         os.link(src, tmp)
         os.replace(tmp, dst)
     except OSError:
-        ck.atomic_save(state, dst)
+        with atomic_path(dst) as part:
+            shutil.copyfile(src, part)

@@ -1,10 +1,6 @@
-"""Training metrics: loss and top-k meters, and flip counters read from the c-sign sites.
-
-Flips are counted per update from each site's own counters (``uabnn_convert.sites``): cheap
-scalar reads every step, summed over a log interval. The sum of f-hat (the paper's
-"uncertainty of the network") costs a pass over every site's window, so it is computed through
-``uabnn_convert.stats`` only at log points.
-"""
+"""Training metrics kept on the device: loss and top-k meters, and flip counters read from the
+c-sign sites, summed with tensor ops and read back to the host only at log points (on a GPU
+each host read is a sync; a step makes none)."""
 
 from __future__ import annotations
 
@@ -17,39 +13,37 @@ from torch import Tensor, nn
 from ..api import sites, stats
 
 
-def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
     """How many rows have the target among their top-k logits, for each k (k capped at C)."""
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hit = top.eq(target.view(-1, 1))
-    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return torch.stack([hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
 
 
 class LossMeter:
-    """Sums of loss, top-1 and top-5 hits and samples since the last reset (float64 sums)."""
+    """Sums of loss·n, top-1 and top-5 hits and samples since the last reset (float64)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.reset()
 
     def reset(self) -> None:
-        self.sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, top-1 hits, top-5 hits, n
+        self.sums = torch.zeros(4, dtype=torch.float64, device=self.device)
 
     def add(self, loss: Tensor, logits: Tensor, target: Tensor) -> None:
         n = target.shape[0]
-        c1, c5 = topk_correct(logits.float(), target)
-        self.sums[0] += float(loss) * n
-        self.sums[1] += c1
-        self.sums[2] += c5
+        hits = topk_correct(logits.detach().float(), target).to(torch.float64)
+        step = torch.stack([loss.detach().to(torch.float64) * n, hits[0], hits[1]])
+        self.sums[:3] += step
         self.sums[3] += n
 
     def summary(
         self, reduce: Callable[[Tensor], Tensor] | None = None, prefix: str = ""
     ) -> dict[str, float]:
         """Mean loss and top-1/top-5 in percent; ``reduce`` sums the counts over ranks."""
-        sums = torch.tensor(self.sums, dtype=torch.float64)
-        if reduce is not None:
-            sums = reduce(sums)
-        loss, c1, c5, n = sums.tolist()
+        sums = self.sums if reduce is None else reduce(self.sums.clone())
+        loss, c1, c5, n = sums.cpu().tolist()
         n = max(n, 1.0)
         return {
             f"{prefix}loss": loss / n,
@@ -70,19 +64,20 @@ class FlipMeter:
         self.names = [name for name, _ in pairs]
         self.modules = [site for _, site in pairs]
         self.numel = torch.tensor([s.numel for s in self.modules], dtype=torch.float64)
-        self.seen = self._read("num_updates")
+        self.sync()
         self.reset()
 
     def _read(self, attr: str) -> Tensor:
         if not self.modules:
             return torch.zeros(0, dtype=torch.int64)
-        return torch.stack([getattr(s, attr).detach().cpu() for s in self.modules])
+        return torch.stack([getattr(s, attr).detach() for s in self.modules])
 
     def reset(self) -> None:
+        device = self.seen.device
         k = len(self.modules)
-        self.flips = torch.zeros(k, dtype=torch.int64)
-        self.vetoed = torch.zeros(k, dtype=torch.int64)
-        self.updates = torch.zeros(k, dtype=torch.int64)
+        self.flips = torch.zeros(k, dtype=torch.int64, device=device)
+        self.vetoed = torch.zeros(k, dtype=torch.int64, device=device)
+        self.updates = torch.zeros(k, dtype=torch.int64, device=device)
 
     def sync(self) -> None:
         """Forget updates made before now (after loading a checkpoint)."""
@@ -93,9 +88,8 @@ class FlipMeter:
         if not self.modules:
             return
         now = self._read("num_updates")
-        advanced = now != self.seen
         # The first update only initialises the state: it has no previous sign to flip from.
-        counted = advanced & (now > 1)
+        counted = (now != self.seen) & (now > 1)
         self.flips += torch.where(counted, self._read("last_flips"), 0)
         self.vetoed += torch.where(counted, self._read("last_vetoed"), 0)
         self.updates += counted.long()
@@ -103,15 +97,16 @@ class FlipMeter:
 
     def summary(self) -> dict[str, Any]:
         """Interval flip and veto rates: total and per site (flips / elements / updates)."""
-        denom = self.numel * self.updates.double()
+        flips, vetoed, updates = (t.cpu() for t in (self.flips, self.vetoed, self.updates))
+        denom = self.numel * updates.double()
         total = float(denom.sum())
-        rates = torch.where(denom > 0, self.flips.double() / denom.clamp(min=1), 0.0)
-        vrates = torch.where(denom > 0, self.vetoed.double() / denom.clamp(min=1), 0.0)
+        rates = torch.where(denom > 0, flips.double() / denom.clamp(min=1), 0.0)
+        vrates = torch.where(denom > 0, vetoed.double() / denom.clamp(min=1), 0.0)
         return {
-            "flips": int(self.flips.sum()),
-            "vetoed": int(self.vetoed.sum()),
-            "flip_rate": float(self.flips.sum()) / total if total else 0.0,
-            "vetoed_rate": float(self.vetoed.sum()) / total if total else 0.0,
+            "flips": int(flips.sum()),
+            "vetoed": int(vetoed.sum()),
+            "flip_rate": float(flips.sum()) / total if total else 0.0,
+            "vetoed_rate": float(vetoed.sum()) / total if total else 0.0,
             "sites": {
                 name: {"flip_rate": float(r), "vetoed_rate": float(v)}
                 for name, r, v in zip(self.names, rates, vrates, strict=True)
@@ -120,5 +115,5 @@ class FlipMeter:
 
 
 def uncertainty(model: nn.Module) -> float:
-    """Σ f-hat over every site at its last update (``uabnn_convert.stats(model).total``)."""
-    return float(stats(model).total["uncertainty"])
+    """Σ f-hat over every site at its last update, for the per-epoch log."""
+    return float(stats(model, uncertainty=True).total["uncertainty"])

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from .logs import METRICS_FILE
 
 
 def read_history(run: str | Path) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ then override the base's, section by section. ``csign: false`` is short for
 Keys (defaults in brackets)::
 
     name, description [""], seed [0]
-    model:    arch (a timm model name), kwargs [{}], init [null: a state_dict file to start from]
+    model:    arch (a timm / zoo name, or package.module:factory: needs --trust-code, as for
+              ``convert``), kwargs [{}], init [null: a file to start from, anything --init takes]
     csign:    enabled [true], m [2], delta [0.1], sigma ["std"], uncertainty ["gaussian"],
               threshold ["certain" | "uncertain"], include [null], exclude [null],
               overrides [{}] (glob: {setting: value}, as patch takes them)
@@ -35,7 +36,6 @@ Keys (defaults in brackets)::
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
 import types
 import typing
@@ -48,25 +48,14 @@ import yaml
 
 from ..config import ConvertConfig
 from ..core import SiteSettings
+from ..recipes import directory as recipes_dir
+from ..recipes import names as bundled_recipes
 from .errors import RecipeError
-
-RECIPES_PACKAGE = "uabnn_convert.recipes"
-
-
-def recipes_dir() -> Path:
-    """The directory of the bundled recipes (package data: the wheel ships them)."""
-    return Path(str(importlib.resources.files(RECIPES_PACKAGE)))
-
-
-def bundled_recipes() -> list[str]:
-    """Names of the bundled recipes (``digits``, ``cifar10_wrn22_16``, …)."""
-    folder = recipes_dir()
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 @dataclass
 class ModelSpec:
-    """The architecture (a timm name) and, optionally, weights to fine-tune from."""
+    """The architecture (as ``--arch`` takes it) and, optionally, a file to start from."""
 
     arch: str
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +82,17 @@ class CSignSpec:
 
     def __post_init__(self) -> None:
         self.config()  # validates every setting, overrides included
+
+    def record(self, config: ConvertConfig) -> None:
+        """Take the settings a model was actually patched with (a converted ``--init`` file
+        brings its own), so the run's recorded recipe says what ran."""
+        if not self.enabled:
+            return  # the baseline's delta = 1 is how sign is measured, not a setting
+        for key in ("m", "delta", "sigma", "uncertainty", "threshold"):
+            setattr(self, key, getattr(config, key))
+        self.include = list(config.include) if config.include is not None else None
+        self.exclude = list(config.exclude) if config.exclude is not None else None
+        self.overrides = {k: dict(v) for k, v in config.overrides.items()}
 
     def config(self) -> ConvertConfig:
         """The settings a model is patched with (``delta = 1`` for the sign baseline)."""
@@ -264,7 +264,7 @@ def load_recipe(
         raw, where = _read_with_base(path, ()), str(path)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value, where)
-    return _build(Recipe, raw, "", where)
+    return _build(Recipe, raw, "", _Source(where, frozenset(overrides or ())))
 
 
 def resolve_recipe_path(source: str | Path) -> Path:
@@ -381,35 +381,49 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+@dataclass(frozen=True)
+class _Source:
+    """Names where a key's value came from in an error: the file, or the override that set it
+    (so ``--set optim.lr=abc`` is reported as the override, with the value as typed)."""
+
+    file: str
+    overridden: frozenset[str]
+
+    def __call__(self, key: str) -> str:
+        key = key.rstrip(".")
+        hit = [k for k in self.overridden if key == k or key.startswith(k + ".")]
+        return f"{self.file} (override {hit[0]})" if hit else self.file
+
+
+def _build(cls: type, raw: Any, prefix: str, where: _Source) -> Any:
     section = prefix.rstrip(".") or "recipe"
     if cls is CSignSpec and isinstance(raw, bool):
         raw = {"enabled": raw}
     if not isinstance(raw, Mapping):
-        raise RecipeError(f"{where}: {section} must be a mapping, got {raw!r}")
+        raise RecipeError(f"{where(prefix)}: {section} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
             raise RecipeError(
-                f"{where}: unknown key {prefix + str(key)!r} (known in {section}: "
-                f"{', '.join(known)})"
+                f"{where(prefix + str(key))}: unknown key {prefix + str(key)!r} (known in "
+                f"{section}: {', '.join(known)})"
             )
     kwargs = {}
     for name, f in known.items():
         if name not in raw:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required:
-                raise RecipeError(f"{where}: missing required key {prefix + name!r}")
+                raise RecipeError(f"{where(prefix + name)}: missing required key {prefix + name!r}")
             continue
         kwargs[name] = _check(raw[name], hints[name], prefix + name, where)
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        raise RecipeError(f"{where}: {section}: {exc}") from None
+        raise RecipeError(f"{where(prefix)}: {section}: {exc}") from None
 
 
-def _check(value: Any, tp: Any, key: str, where: str) -> Any:
+def _check(value: Any, tp: Any, key: str, where: _Source) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return _plain(value)
@@ -425,19 +439,21 @@ def _check(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _check(value, option, key, where)
             except RecipeError:
                 continue
-        raise RecipeError(f"{where}: {key}={value!r} is not {_describe(tp)}")
+        raise RecipeError(f"{where(key)}: {key}={value!r} is not {_describe(tp)}")
     if origin is Literal:
         if value in args and type(value) is type(args[args.index(value)]):
             return value
-        raise RecipeError(f"{where}: {key}={value!r} is not one of {list(args)}")
+        raise RecipeError(f"{where(key)}: {key}={value!r} is not one of {list(args)}")
     ok = False
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
-        value = _as_float(value)
-        ok = value is not None and math.isfinite(value)
+        number = _as_float(value)
+        ok = number is not None and math.isfinite(number)
+        if ok:
+            return number
     elif tp is str:
         ok = isinstance(value, str)
     elif origin is list and isinstance(value, (list, tuple)):
@@ -445,7 +461,7 @@ def _check(value: Any, tp: Any, key: str, where: str) -> Any:
     elif origin is dict and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
         return _plain(value)
     if not ok:
-        raise RecipeError(f"{where}: {key}={value!r} is not {_describe(tp)}")
+        raise RecipeError(f"{where(key)}: {key}={value!r} is not {_describe(tp)}")
     return value
 
 

@@ -117,8 +117,8 @@ _CIFAR_CFG = {"input_size": (3, 32, 32), "mean": CIFAR_MEAN, "std": CIFAR_STD}
 def _imagenet(
     name: str, family: str, units: Sequence[int], pretrained: bool, kwargs: dict
 ) -> nn.Module:
-    def ctor(**kw: Any) -> BinaryResNet:
-        return BinaryResNet(family, units, _IMAGENET_WIDTHS, stem="imagenet", **kw)
+    def ctor(widths: Sequence[int] = _IMAGENET_WIDTHS, **kw: Any) -> BinaryResNet:
+        return BinaryResNet(family, units, widths, stem="imagenet", **kw)
 
     return build(name, pretrained, kwargs, ctor, _IMAGENET_CFG)
 
