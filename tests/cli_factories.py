@@ -19,6 +19,11 @@ def tiny_bnn(width: int = 8, num_classes: int = 3) -> nn.Module:
     return nn.Sequential(SignLinear(4, width), nn.Hardtanh(), SignLinear(width, num_classes))
 
 
+def digits_bnn(width: int = 16) -> nn.Module:
+    """A sign-binarized MLP for scikit-learn's 8x8 digits (a user's model the zoo lacks)."""
+    return nn.Sequential(nn.Flatten(), SignLinear(64, width), nn.Hardtanh(), SignLinear(width, 10))
+
+
 def plain_mlp(width: int = 8) -> nn.Module:
     """A real-valued model: no weight-sign site to convert."""
     return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 3))

@@ -300,6 +300,25 @@ def test_metrics_log_plot_and_sign_baseline(tmp_path: Path) -> None:
     saved = yaml.safe_load((csign.run_dir / "recipe.yaml").read_text())
     assert saved == csign.recipe.to_dict()
 
+    # The per-site CSV and TensorBoard hold the same numbers as the JSON log.
+    lines = (csign.run_dir / "sites.csv").read_text().splitlines()
+    assert lines[0] == "step,epoch,site,flip_rate,vetoed_rate"
+    expected = [(r["step"], name, v["flip_rate"]) for r in train for name, v in r["sites"].items()]
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(int(r[0]), r[2]) for r in rows] == [(s, n) for s, n, _ in expected]
+    assert np.allclose([float(r[3]) for r in rows], [f for _, _, f in expected])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(csign.run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    site = next(iter(train[0]["sites"]))
+    assert {"train/loss", "train/lr", "train/flip_rate", "train/uncertainty", "eval/top1"} <= tags
+    assert {f"flip_rate/{site}", f"vetoed_rate/{site}"} <= tags
+    logged_loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in logged_loss] == [5, 10, 12]
+    assert np.allclose([v for _, v in logged_loss], [r["loss"] for r in train])
+
 
 def test_gradient_accumulation_advances_csign_once_per_optimizer_step(tmp_path: Path) -> None:
     forwards = []

@@ -7,7 +7,7 @@ from .atomic import append_line, atomic_path, atomic_save, atomic_write_bytes, a
 from .convert import Converted, convert_file
 from .model_file import load, load_weights, model_from, patch_recorded, rebuild, save, save_frozen
 from .paths import default_output, input_path, output_path
-from .reader import ModelFile, first_line, read, unwrap
+from .reader import ModelFile, PickleRefused, first_line, read, unwrap
 from .record import FORMAT, FORMAT_VERSION, KINDS, converted_record, make_record
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "KINDS",
     "Converted",
     "ModelFile",
+    "PickleRefused",
     "append_line",
     "arch_label",
     "atomic_path",

@@ -39,6 +39,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
 
 
+class PickleRefused(CheckpointError):
+    """The file holds pickled objects and ``trust_pickle`` was not given."""
+
+
 @dataclass
 class ModelFile:
     """What a file holds, classified; ``record`` is set for files written by this package."""
@@ -123,7 +127,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             ) from e
         if not trust_pickle:
             shown = ", ".join(needs[:2]) + (", …" if len(needs) > 2 else "")
-            raise CheckpointError(
+            raise PickleRefused(
                 f"{path} holds pickled Python objects ({shown}), and unpickling runs code chosen "
                 "by whoever wrote the file: pass --trust-pickle (Python: trust_pickle=True) if "
                 "you trust its source (off by default, as a malicious file can run anything), or "

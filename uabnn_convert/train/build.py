@@ -34,6 +34,7 @@ from ..config import ConvertConfig
 from ..errors import UabnnError
 from ..files import (
     ModelFile,
+    PickleRefused,
     arch_label,
     build_arch,
     load_weights,
@@ -110,16 +111,17 @@ def build_model(
 def _read_init(path: str) -> ModelFile:
     try:
         file = read(path)
+    except PickleRefused:
+        raise RecipeError(
+            f"{path} is a pickled model; give --init its state_dict (torch.save("
+            "model.state_dict(), ...)) or a converted file"
+        ) from None
     except UabnnError as exc:
         raise RecipeError(f"--init / model.init: {exc}") from None
     if file.kind == "frozen":
         raise RecipeError(
             f"{path} is a frozen (deployable) model; fine-tune from the converted file or a "
             "checkpoint instead"
-        )
-    if file.kind == "module":
-        raise RecipeError(
-            f"{path} is a pickled model; give --init a state_dict or a converted file"
         )
     return file
 

@@ -1,4 +1,5 @@
-"""Accuracy and flip rate against steps (the paper's Fig. 5), for one run or several overlaid.
+"""Accuracy and flip rate against steps (the paper's Fig. 5), for one run or several overlaid,
+with the flip rate of every c-sign site of each run below.
 
 ``uabnn-convert plot RUN_DIR [RUN_DIR ...] -o fig.png`` plots runs from their ``metrics.jsonl``;
 give a c-sign run and its sign baseline to compare them. Uses the Agg backend, so it works
@@ -37,13 +38,29 @@ def read_history(run: str | Path) -> list[dict[str, Any]]:
 def plot_runs(
     runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], out: str | Path, title: str = ""
 ) -> Path:
-    """Write a PNG: top-1 accuracy (train and val) and flip rate against optimizer steps."""
+    """Write a PNG: top-1 accuracy (train and val) and the total flip rate against optimizer
+    steps; below, per run, the flip rate of every c-sign site (which layers flip most)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_acc, ax_flip) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    per_site = [(label, _site_curves(history)) for label, history in runs]
+    per_site = [(label, curves) for label, curves in per_site if curves]
+    columns = max(2, len(per_site))
+    fig = plt.figure(figsize=(5.5 * columns, 8 if per_site else 4), constrained_layout=True)
+    grid = fig.add_gridspec(2 if per_site else 1, 2 * columns)
+    ax_acc = fig.add_subplot(grid[0, :columns])
+    ax_flip = fig.add_subplot(grid[0, columns:])
+    for i, (label, curves) in enumerate(per_site):
+        ax = fig.add_subplot(grid[1, 2 * i : 2 * i + 2])
+        for j, (site, (steps, rates)) in enumerate(curves.items()):
+            ax.plot(steps, rates, color=f"C{j % 10}", lw=1, label=site.removesuffix("_csign"))
+        ax.set(xlabel="step", ylabel="flip rate", title=f"{label}: per site")
+        if any(r > 0 for steps, rates in curves.values() for r in rates):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2 if len(curves) > 8 else 1)
     for i, (label, history) in enumerate(runs):
         color = f"C{i}"
         train = [r for r in history if r.get("kind") == "train"]
@@ -85,6 +102,19 @@ def plot_runs(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _site_curves(history: Sequence[dict[str, Any]]) -> dict[str, tuple[list, list]]:
+    """Per site: the steps of the train records that report it, and its flip rate there."""
+    curves: dict[str, tuple[list, list]] = {}
+    for record in history:
+        if record.get("kind") != "train":
+            continue
+        for site, values in (record.get("sites") or {}).items():
+            steps, rates = curves.setdefault(site, ([], []))
+            steps.append(record["step"])
+            rates.append(values["flip_rate"])
+    return curves
 
 
 def run_label(run: Path) -> str:
