@@ -208,3 +208,55 @@ def wide_console() -> Console:
     if not console.is_terminal:
         console = Console(width=180)
     return console
+
+
+def save_plain_weights(model: torch.nn.Module, recipe: str | Path, path: Path) -> str:
+    """Save the *unconverted* weights of a trained converted model as a ``model.init`` file.
+
+    A converted model's state_dict holds its weights plus the c-sign state of every site; only
+    the keys of the recipe's plain model are kept, so a run started from the file begins with a
+    fresh c-sign state (whatever its m), and its first binary weights are the signs of the saved
+    latents: the trained model exactly. Returns the file's hash.
+    """
+    import timm
+
+    import uabnn_convert.zoo  # noqa: F401  (registers the zoo's models with timm)
+
+    rec = load_recipe(recipe)
+    plain = timm.create_model(rec.model.arch, pretrained=False, **rec.model.kwargs).state_dict()
+    trained = model.state_dict()
+    missing = [k for k in plain if k not in trained]
+    if missing:
+        raise RuntimeError(f"the trained model lacks {', '.join(missing[:3])} of {rec.model.arch}")
+    sd = {k: trained[k].detach().cpu().clone() for k in plain}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+    return state_hash(sd)
+
+
+def site_epoch_curves(history: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per c-sign site, per epoch: flip and veto rates per update (from the ``sites`` entry of
+    every train record), weighted by the updates each log interval covers, as ``epoch_curve``
+    weights the totals (the first update of a fresh state is not counted)."""
+    per_epoch: dict[int, list[tuple[Mapping[str, Any], int]]] = {}
+    previous = 0
+    for rec in history:
+        if rec.get("kind") != "train":
+            continue
+        n = max(rec["step"] - previous - (1 if previous == 0 else 0), 0)
+        previous = rec["step"]
+        per_epoch.setdefault(rec["epoch"], []).append((rec, n))
+    curves: dict[str, list[dict[str, float]]] = {}
+    for epoch in sorted(per_epoch):
+        pairs = per_epoch[epoch]
+        total = sum(n for _, n in pairs)
+        names = {name for rec, _ in pairs for name in rec.get("sites", {})}
+        for name in sorted(names):
+            rates = {}
+            for key in ("flip_rate", "vetoed_rate"):
+                weighted = sum(
+                    rec["sites"][name][key] * n for rec, n in pairs if name in rec["sites"]
+                )
+                rates[key] = weighted / total if total else 0.0
+            curves.setdefault(name, []).append({"epoch": epoch + 1, **rates})
+    return curves

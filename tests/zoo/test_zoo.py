@@ -23,6 +23,8 @@ PARAMS = {
     ("irnet_resnet20", 10): 269_850,
     ("bireal_resnet18", 1000): 11_689_512,
     ("bireal_resnet34", 1000): 21_797_672,
+    ("bireal_fmnist", 10): 77_290,
+    ("wrn22_16_fmnist", 10): 272_186,
 }
 
 # Binary latent weights per model: ResNet-18 has 16 binary 3x3 convs, ResNet-34 32, the CIFAR
@@ -39,6 +41,8 @@ LATENTS = {
     "wrn22_64": 18,
     "bireal_digits": 3,
     "bitnet_tiny": 12,
+    "bireal_fmnist": 4,
+    "wrn22_16_fmnist": 18,
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from uabnn_convert.zoo.bitnet import BitLinear, BitNetTiny, bitnet_tiny
 from uabnn_convert.zoo.digits import BiRealDigits, bireal_digits, digits_data
+from uabnn_convert.zoo.fashion import BiRealFashion, bireal_fmnist, wrn22_16_fmnist
 from uabnn_convert.zoo.layers import (
     BINARY_LAYER_TYPES,
     FAMILIES,
@@ -56,6 +57,8 @@ MODELS: tuple[str, ...] = (
     "wrn22_64",
     "bireal_digits",
     "bitnet_tiny",
+    "bireal_fmnist",
+    "wrn22_16_fmnist",
 )
 """Names of every model the zoo registers with timm."""
 
@@ -66,6 +69,7 @@ __all__ = [
     "BONNConv2d",
     "BiRealConv2d",
     "BiRealDigits",
+    "BiRealFashion",
     "BinaryActivation",
     "BinaryLinear",
     "BinaryQuantize",
@@ -84,6 +88,7 @@ __all__ = [
     "binary_latents",
     "binary_wrn22",
     "bireal_digits",
+    "bireal_fmnist",
     "bireal_resnet18",
     "bireal_resnet34",
     "bitnet_tiny",
@@ -94,6 +99,7 @@ __all__ = [
     "reactnet_resnet18",
     "set_ede",
     "wrn22_16",
+    "wrn22_16_fmnist",
     "wrn22_64",
     "xnor_resnet18",
 ]
