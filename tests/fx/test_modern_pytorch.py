@@ -118,15 +118,25 @@ def _captured_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def _fixtures(captured: bool, fast: tuple[str, ...]):
-    return [
-        pytest.param(f, marks=() if f.name in fast else pytest.mark.slow, id=f.name)
-        for f in FIXTURES
-        if f.n_weight_signs and (f.name in _captured_names()) == captured
-    ]
+# Traced, yet not in one graph: the guard on an attribute the forward reads compares a numpy
+# value, which dynamo turns into a tensor, so the check is a data-dependent branch (a graph
+# break: the model compiles without fullgraph).
+NOT_ONE_GRAPH = {"misc_numpy_view": "numpy attribute values make the guard check data-dependent"}
 
 
-@pytest.mark.parametrize("fixture", _fixtures(captured=False, fast=FAST_UPSTREAM))
+def _fixtures(captured: bool, fast: tuple[str, ...], one_graph: bool = False):
+    params = []
+    for f in FIXTURES:
+        if not f.n_weight_signs or (f.name in _captured_names()) != captured:
+            continue
+        marks = [] if f.name in fast else [pytest.mark.slow]
+        if one_graph and f.name in NOT_ONE_GRAPH:
+            marks.append(pytest.mark.xfail(strict=True, reason=NOT_ONE_GRAPH[f.name]))
+        params.append(pytest.param(f, marks=marks, id=f.name))
+    return params
+
+
+@pytest.mark.parametrize("fixture", _fixtures(False, FAST_UPSTREAM, one_graph=True))
 def test_traced_upstream_binarizers_compile_in_one_graph(fixture: Fixture) -> None:
     model, inputs = _fixture(fixture)
     _compile_case(model, inputs, fixture, backend="aot_eager", fullgraph=True)

@@ -366,7 +366,7 @@ def trace_module(module: nn.Module) -> OwnGraphs:
     was_training = module.training
     before = dict(vars(module))
     variants: dict[tuple, fx.Graph] = {}
-    by_code: dict[str, fx.Graph] = {}
+    by_code: dict[str, tuple[fx.Graph, Any]] = {}  # generated source -> (graph, its code)
     guards: dict[str, Any] = {}
     try:
         for mode in (True, False):
@@ -379,15 +379,16 @@ def trace_module(module: nn.Module) -> OwnGraphs:
                 graph, reads = _trace_with_constants(module, concrete)
                 for key, value in reads.items():
                     guards.setdefault(key, value)
-                graph = by_code.setdefault(_code(graph), graph)
+                code = graph.python_code(root_module="self")
+                graph, _ = by_code.setdefault(code.src, (graph, code))
                 variants[(mode, nones)] = graph
     finally:
         object.__setattr__(module, "training", was_training)
         for name in set(vars(module)) - set(before):
             delattr(module, name)
     guards.pop("training", None)
-    for graph in by_code.values():
-        check_generated(graph, type(module).__name__)
+    for graph, code in by_code.values():
+        check_generated(graph, type(module).__name__, code)
     return OwnGraphs(variants, optional, guards)
 
 
@@ -401,9 +402,10 @@ def _trace_with_constants(module: nn.Module, concrete: dict[str, None]) -> tuple
     return graph, tracer.reads
 
 
-def check_generated(graph: fx.Graph, label: str) -> None:
-    """Refuse a graph whose generated code does not compile or names a global it cannot see."""
-    code = graph.python_code(root_module="self")
+def check_generated(graph: fx.Graph, label: str, code: Any = None) -> None:
+    """Refuse a graph whose generated code does not compile or names a global it cannot see
+    (``code``: the graph's ``python_code``, when the caller has it already)."""
+    code = code if code is not None else graph.python_code(root_module="self")
     try:
         compiled = compile(code.src, f"<uabnn_convert forward of {label}>", "exec")
     except SyntaxError as e:
@@ -482,10 +484,6 @@ def fetch_attr(module: nn.Module, target: str) -> Any:
         else:
             obj = getattr(obj, part)
     return obj
-
-
-def _code(graph: fx.Graph) -> str:
-    return graph.python_code(root_module="self").src
 
 
 def adopt_constants(module: nn.Module, graph: fx.Graph) -> None:
