@@ -92,16 +92,7 @@ def plot_runs(
     ax_flip.set(xlabel="step", ylabel="fraction of binary weights per update", title="flip rate")
     if any(r.get("flip_rate", 0) > 0 for _, h in runs for r in h if r.get("kind") == "train"):
         ax_flip.set_yscale("log")
-    for ax in (ax_acc, ax_flip):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, (ax_acc, ax_flip), title, out)
 
 
 def _site_curves(history: Sequence[dict[str, Any]]) -> dict[str, tuple[list, list]]:
@@ -170,6 +161,14 @@ def plot_epochs(
         ax_flip.set_yscale("log")
     for ax in (ax_flip, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, (ax_flip, ax_acc), title, path)
+
+
+def _save(fig: Any, axes: Sequence[Any], title: str, path: str | Path) -> Path:
+    """Grid and legend on ``axes``, the title, then the PNG (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
