@@ -47,7 +47,12 @@ HEAVY |= {"xnor_resnet18", "wrn22_64"}
 
 
 def _input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    shape = (1, 8, 8) if name in ("bireal_digits", "bitnet_tiny") else (3, 32, 32)
+    if name in ("bireal_digits", "bitnet_tiny"):
+        shape = (1, 8, 8)
+    elif name.endswith("_fmnist"):
+        shape = (1, 28, 28)
+    else:
+        shape = (3, 32, 32)
     return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
 
 
