@@ -538,3 +538,65 @@ def test_instances_with_other_function_attributes_are_traced_apart() -> None:
     net = nn.Sequential(FnConv(torch.tanh), FnConv(torch.sign))
     uc.patch(net)
     assert [n for n, _ in uc.sites(net)] == ["1.weight_csign"]
+
+
+class _WidthConv(nn.Module):
+    """A binary conv of any width: reads ``stride`` in forward, keeps unread sizes as well.
+    ``sized=True`` also reads a weight size, as IR-Net's ``[2] * bw.size(0)`` does."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, sized: bool = False) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = cin, cout, stride
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.05)
+        self.sized = sized
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        binary = w + (torch.sign(w) - w).detach()
+        if self.sized:
+            binary = binary * torch.tensor([0.5] * w.size(0)).view(-1, 1, 1, 1)
+        return F.conv2d(x, binary, stride=self.stride, padding=1)
+
+
+def _count_traces(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from uabnn_convert.fx import detect
+
+    traced: list[str] = []
+    real = detect.trace_module
+
+    def counting(module: nn.Module):
+        traced.append(type(module).__name__)
+        return real(module)
+
+    monkeypatch.setattr(detect, "trace_module", counting)
+    return traced
+
+
+@pytest.mark.parametrize(
+    ("layers", "traces"),
+    [
+        # widths differ, stride equal, no size read: one trace serves all three
+        ([(3, 4, 1, False), (4, 8, 1, False), (8, 8, 1, False)], 1),
+        # the forward reads self.stride: another stride is another trace
+        ([(3, 4, 1, False), (4, 8, 2, False), (8, 8, 1, False)], 2),
+        # the forward answers w.size(0) with a number: every shape is its own trace
+        ([(3, 4, 1, True), (4, 8, 1, True), (8, 8, 1, True)], 3),
+    ],
+)
+def test_one_trace_serves_instances_that_differ_only_in_what_it_did_not_read(
+    monkeypatch: pytest.MonkeyPatch, layers: list[tuple], traces: int
+) -> None:
+    """A trace is reused for an instance whose tensors differ only in shape (unless the trace
+    read a size) and whose plain attributes differ only where the trace did not read them;
+    each instance still gets sites of its own shape and runs exactly as before."""
+    torch.manual_seed(0)
+    orig = nn.Sequential(
+        *(_WidthConv(*args) for args in layers), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    conv = copy.deepcopy(orig)
+    traced = _count_traces(monkeypatch)
+    uc.patch(conv)
+    assert traced.count("_WidthConv") == traces
+    shapes = [tuple(s.shape) for _, s in uc.sites(conv)]
+    assert shapes == [tuple(layer.weight.shape) for layer in orig[: len(layers)]]
+    assert_step_parity(orig, conv, torch.randn(2, 3, 8, 8))

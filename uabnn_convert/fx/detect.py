@@ -339,12 +339,15 @@ def scan(
 
     Built-in ``torch.nn`` layers are skipped (they never sign their weights). Modules with
     equal :func:`trace_key` share one trace: the first is traced, the others get a copy of its
-    graphs and sites. Returns ``(found, skipped)``: the modules with sites, and every module
-    that owns parameters but could not be captured (with the reason).
+    graphs and sites. A trace that never answered a tensor's size with a number is shared by
+    the instances that differ only in tensor shapes too (a ResNet's binary convs of every
+    width); each of them has its sites described from its own weights. Returns ``(found,
+    skipped)``: the modules with sites, and every module that owns parameters but could not be
+    captured (with the reason).
     """
     found: list[ModuleSites] = []
     skipped: list[Skipped] = []
-    cache: dict[tuple, tuple[ModuleSites | None, str | None]] = {}
+    cache = _TraceCache()
     with shared_trace_patches():
         for owner, module in model.named_modules():
             _scan_one(owner, module, traced_class, cache, found, skipped)
@@ -357,11 +360,40 @@ def scan(
     return found, [s for s in skipped if id(s.target) not in covered]
 
 
+@dataclass
+class _TraceCache:
+    """Traces already made during one scan.
+
+    ``exact``: full :func:`trace_key` -> (the module's sites or None, the refusal or None).
+    ``shared``: per class, traces other instances may reuse, each with the key it holds for.
+    """
+
+    exact: dict[tuple, tuple[ModuleSites | None, str | None]] = field(default_factory=dict)
+    shared: dict[type, list[tuple[tuple, OwnGraphs]]] = field(default_factory=dict)
+
+    def reusable(self, cls: type, module: nn.Module) -> OwnGraphs | None:
+        """A copy of a trace that holds for ``module`` too, if one was made."""
+        for key, graphs in self.shared.get(cls, []):
+            if key == trace_key(cls, module, **_loose(graphs)):
+                return copy.deepcopy(graphs)
+        return None
+
+    def share(self, cls: type, module: nn.Module, graphs: OwnGraphs) -> None:
+        key = trace_key(cls, module, **_loose(graphs))
+        self.shared.setdefault(cls, []).append((key, graphs))
+
+
+def _loose(graphs: OwnGraphs) -> dict[str, Any]:
+    """What a trace actually depended on: the plain values it read, and tensor shapes only
+    when it answered one with a number."""
+    return {"reads": frozenset(graphs.guards) | {"training"}, "shapes": graphs.shape_bound}
+
+
 def _scan_one(
     owner: str,
     module: nn.Module,
     traced_class: Callable[[nn.Module], type],
-    cache: dict[tuple, tuple[ModuleSites | None, str | None]],
+    cache: _TraceCache,
     found: list[ModuleSites],
     skipped: list[Skipped],
 ) -> None:
@@ -370,29 +402,32 @@ def _scan_one(
     if cls.__module__.startswith("torch.") or isinstance(module, CSign):
         return
     key = trace_key(cls, module)
-    if key in cache:
-        template, refusal = cache[key]
+    if key in cache.exact:
+        template, refusal = cache.exact[key]
         if refusal is not None:
             _refused(owner, module, refusal, skipped)
         elif template is not None:
             found.append(_copy_sites(template, owner, module))
         return
-    try:
-        with as_class(module, cls):
-            graphs = trace_module(module)
-    except Exception as exc:  # any trace failure is reported (for modules that own weights)
-        reason = _one_line(exc)
-        cache[key] = (None, reason)
-        _refused(owner, module, reason, skipped)
-        return
+    graphs = cache.reusable(cls, module)
+    if graphs is None:
+        try:
+            with as_class(module, cls):
+                graphs = trace_module(module)
+        except Exception as exc:  # any trace failure is reported (for modules that own weights)
+            reason = _one_line(exc)
+            cache.exact[key] = (None, reason)
+            _refused(owner, module, reason, skipped)
+            return
+        cache.share(cls, module, graphs)
     if not any(candidates(g, module) for g in graphs.graphs()):
-        cache[key] = (None, None)
+        cache.exact[key] = (None, None)
         return
     sites, info = find_sites(owner, module, graphs)
     for problem in info["problems"]:
         skipped.append(Skipped(owner or "<root>", problem, module, "site"))
     entry = ModuleSites(owner, module, graphs, sites, info["nodes"]) if sites else None
-    cache[key] = (entry, None)
+    cache.exact[key] = (entry, None)
     if entry is not None:
         found.append(entry)
 
@@ -430,7 +465,13 @@ class as_class:
         self.module.__class__ = self.prev
 
 
-def trace_key(cls: type, module: nn.Module) -> tuple:
+def trace_key(
+    cls: type,
+    module: nn.Module,
+    *,
+    reads: Iterable[str] | None = None,
+    shapes: bool = True,
+) -> tuple:
     """What a trace of ``module``'s own forward depends on besides tensor values.
 
     Its class; every attribute of its own that is not ``nn.Module`` machinery — plain values
@@ -438,20 +479,31 @@ def trace_key(cls: type, module: nn.Module) -> tuple:
     else (a function, a list, an object) by identity; the class of each child (the graph calls
     children, and a binarizing child is a site); and the shapes of its parameters and buffers.
     Modules with equal keys trace to the same graph.
+
+    A finished trace knows more (:func:`_loose`): ``reads`` keeps only the plain values it
+    read (the others cannot have shaped it), ``shapes=False`` leaves tensor shapes out.
     """
+    wanted = None if reads is None else frozenset(reads)
+
+    def shape(t: Tensor) -> tuple[int, ...] | None:
+        return tuple(t.shape) if shapes else None
+
     attrs = []
     for key, value in sorted(vars(module).items()):
         if key in MODULE_MACHINERY:
             continue
         if plain_value(value):
-            attrs.append((key, repr(value)))
+            if wanted is None or key in wanted:
+                attrs.append((key, repr(value)))
         elif isinstance(value, torch.Tensor):
-            attrs.append((key, "tensor", tuple(value.shape), value.dtype, value.device))
+            attrs.append((key, "tensor", shape(value), value.dtype, value.device))
         else:
             attrs.append((key, "object", id(value)))
+    if wanted is not None:  # a value read by the trace but absent here
+        attrs += [(key, "absent") for key in sorted(wanted - set(vars(module)) - {"training"})]
     children = tuple((k, type(c)) for k, c in module._modules.items())
     tensors = tuple(
-        (k, tuple(t.shape), t.dtype, t.device, isinstance(t, nn.Parameter))
+        (k, shape(t), t.dtype, t.device, isinstance(t, nn.Parameter))
         for k, t in [*module._parameters.items(), *module._buffers.items()]
         if t is not None
     )

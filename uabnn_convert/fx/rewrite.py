@@ -25,6 +25,7 @@ from .detect import FoundSite, ModuleSites, as_class, find_sites, scan, sign_kin
 from .intercept import freeze_captured, is_captured, plan_of, release
 from .names import frozen_name
 from .tracing import (
+    compiled_once,
     evaluate_args,
     install_forward,
     is_rewritten,
@@ -63,8 +64,9 @@ class ConvertSigns:
 
     def apply(self, model: nn.Module) -> nn.Module:
         try:
-            for found in self.found:
-                self.sites += self._convert(found)
+            with compiled_once():
+                for found in self.found:
+                    self.sites += self._convert(found)
         except BaseException:
             for found in self.found:
                 _remove_sites(found.module)

@@ -123,6 +123,7 @@ class OwnForwardTracer(fx.Tracer):
         super().__init__()
         self.reads: dict[str, Any] = {}
         self.tensor_proxies: dict[str, fx.Proxy] = {}
+        self.answered = False  # a size, shape, dtype or device was answered with a value
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return True
@@ -198,18 +199,22 @@ class OwnForwardTracer(fx.Tracer):
             return None
         try:
             with torch.no_grad():
-                return getattr(evaluate(node, self.root, {}), attr)
+                value = getattr(evaluate(node, self.root, {}), attr)
         except Exception:
             return None
+        self.answered = True
+        return value
 
     def _concrete_node(self, node: fx.Node) -> object | None:
         if _depends_on_input_or_module(node):
             return None
         try:
             with torch.no_grad():
-                return evaluate(node, self.root, {})
+                value = evaluate(node, self.root, {})
         except Exception:
             return None
+        self.answered = True
+        return value
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         raise TraceRefused("the forward branches on a tensor value or an input's shape")
@@ -333,6 +338,10 @@ class OwnGraphs:
     variants: dict[tuple, fx.Graph]
     optional: tuple[str, ...] = ()
     guards: dict[str, Any] = field(default_factory=dict)
+    # Whether the graphs hold only for the traced module's tensor shapes: the tracer answered
+    # a weight-only size, shape, dtype or device with a value (``[2] * bw.size(0)``). When it
+    # did not, an instance whose tensors differ only in shape traces to the same graphs.
+    shape_bound: bool = True
 
     def graphs(self) -> list[fx.Graph]:
         unique: dict[int, fx.Graph] = {}
@@ -368,6 +377,7 @@ def trace_module(module: nn.Module) -> OwnGraphs:
     variants: dict[tuple, fx.Graph] = {}
     by_code: dict[str, tuple[fx.Graph, Any]] = {}  # generated source -> (graph, its code)
     guards: dict[str, Any] = {}
+    answered = False
     try:
         for mode in (True, False):
             if not mode and "training" not in guards:
@@ -376,8 +386,9 @@ def trace_module(module: nn.Module) -> OwnGraphs:
             object.__setattr__(module, "training", mode)
             for nones in itertools.product((False, True), repeat=len(optional)):
                 concrete = {name: None for name, none in zip(optional, nones, strict=True) if none}
-                graph, reads = _trace_with_constants(module, concrete)
-                for key, value in reads.items():
+                graph, tracer = _trace_with_constants(module, concrete)
+                answered |= tracer.answered
+                for key, value in tracer.reads.items():
                     guards.setdefault(key, value)
                 code = graph.python_code(root_module="self")
                 graph, _ = by_code.setdefault(code.src, (graph, code))
@@ -389,17 +400,19 @@ def trace_module(module: nn.Module) -> OwnGraphs:
     guards.pop("training", None)
     for graph, code in by_code.values():
         check_generated(graph, type(module).__name__, code)
-    return OwnGraphs(variants, optional, guards)
+    return OwnGraphs(variants, optional, guards, shape_bound=answered)
 
 
-def _trace_with_constants(module: nn.Module, concrete: dict[str, None]) -> tuple[fx.Graph, dict]:
+def _trace_with_constants(
+    module: nn.Module, concrete: dict[str, None]
+) -> tuple[fx.Graph, OwnForwardTracer]:
     """Trace and keep each stowed constant's value on the graph (``node.meta``)."""
     tracer = OwnForwardTracer()
     graph = tracer.trace_own(module, concrete)
     for node in graph.nodes:
         if node.op == "get_attr" and node.target.startswith("_tensor_constant"):
             node.meta["uabnn_constant"] = getattr(module, node.target)
-    return graph, tracer.reads
+    return graph, tracer
 
 
 def check_generated(graph: fx.Graph, label: str, code: Any = None) -> None:
@@ -501,12 +514,31 @@ def adopt_constants(module: nn.Module, graph: fx.Graph) -> None:
         del node.meta["uabnn_constant"]
 
 
+_COMPILED: list[dict[tuple, Callable]] = []
+
+
+@contextlib.contextmanager
+def compiled_once() -> Iterator[None]:
+    """Inside, graphs that generate the same code over the same globals share one compiled
+    forward: the instances of a class converted alike (a ResNet's sixteen binary convs)
+    compile once. Scoped to one conversion, so nothing outlives the call that made it."""
+    _COMPILED.append({})
+    try:
+        yield
+    finally:
+        _COMPILED.pop()
+
+
 def compile_forward(graph: fx.Graph, label: str) -> Callable:
     """Python function ``forward(self, ...)`` generated from ``graph``."""
     code = graph.python_code(root_module="self")
-    namespace = dict(code.globals)
-    exec(compile(code.src, f"<uabnn_convert forward of {label}>", "exec"), namespace)
-    return namespace["forward"]
+    key = (code.src, tuple((name, id(value)) for name, value in code.globals.items()))
+    cache = _COMPILED[-1] if _COMPILED else {}
+    if key not in cache:  # the cached function holds the globals: their ids stay valid
+        namespace = dict(code.globals)
+        exec(compile(code.src, f"<uabnn_convert forward of {label}>", "exec"), namespace)
+        cache[key] = namespace["forward"]
+    return cache[key]
 
 
 _MISSING = object()
