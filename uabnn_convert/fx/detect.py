@@ -339,9 +339,11 @@ def scan(
 
     Built-in ``torch.nn`` layers are skipped (they never sign their weights). Modules with
     equal :func:`trace_key` share one trace: the first is traced, the others get a copy of its
-    graphs and sites. A trace that never answered a tensor's size with a number is shared by
-    the instances that differ only in tensor shapes too (a ResNet's binary convs of every
-    width); each of them has its sites described from its own weights. Returns ``(found,
+    graphs and sites. A trace is also shared by instances that differ only in what it did not
+    read: plain attributes its forward never touched, and tensor shapes unless it answered a
+    size with a number (a ResNet's binary convs of every width share one trace); each such
+    instance has its sites described from its own weights.
+    Returns ``(found,
     skipped)``: the modules with sites, and every module that owns parameters but could not be
     captured (with the reason).
     """
@@ -481,7 +483,9 @@ def trace_key(
     Modules with equal keys trace to the same graph.
 
     A finished trace knows more (:func:`_loose`): ``reads`` keeps only the plain values it
-    read (the others cannot have shaped it), ``shapes=False`` leaves tensor shapes out.
+    read (the others cannot have shaped it), ``shapes=False`` leaves tensor shapes out. This
+    assumes that the forward reads its attributes as attributes (``self.scale``), which the
+    trace records; a value fetched through ``self.__dict__`` would go unseen.
     """
     wanted = None if reads is None else frozenset(reads)
 
