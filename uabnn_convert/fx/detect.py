@@ -342,10 +342,9 @@ def scan(
     graphs and sites. A trace is also shared by instances that differ only in what it did not
     read: plain attributes its forward never touched, and tensor shapes unless it answered a
     size with a number (a ResNet's binary convs of every width share one trace); each such
-    instance has its sites described from its own weights.
-    Returns ``(found,
-    skipped)``: the modules with sites, and every module that owns parameters but could not be
-    captured (with the reason).
+    instance has its sites described from its own weights. Returns ``(found, skipped)``: the
+    modules with sites, and every module that owns parameters but could not be captured (with
+    the reason).
     """
     found: list[ModuleSites] = []
     skipped: list[Skipped] = []

@@ -35,6 +35,7 @@ import functools
 import inspect
 import itertools
 import operator
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -520,8 +521,9 @@ _COMPILED: list[dict[tuple, Callable]] = []
 @contextlib.contextmanager
 def compiled_once() -> Iterator[None]:
     """Inside, graphs that generate the same code over the same globals share one compiled
-    forward: the instances of a class converted alike (a ResNet's sixteen binary convs)
-    compile once. Scoped to one conversion, so nothing outlives the call that made it."""
+    code object: the instances of a class converted alike (a ResNet's sixteen binary convs)
+    compile once, each under its own name in tracebacks. Scoped to one conversion, so
+    nothing outlives the call that made it."""
     _COMPILED.append({})
     try:
         yield
@@ -534,11 +536,20 @@ def compile_forward(graph: fx.Graph, label: str) -> Callable:
     code = graph.python_code(root_module="self")
     key = (code.src, tuple((name, id(value)) for name, value in code.globals.items()))
     cache = _COMPILED[-1] if _COMPILED else {}
+    filename = f"<uabnn_convert forward of {label}>"
     if key not in cache:  # the cached function holds the globals: their ids stay valid
         namespace = dict(code.globals)
-        exec(compile(code.src, f"<uabnn_convert forward of {label}>", "exec"), namespace)
+        exec(compile(code.src, filename, "exec"), namespace)
         cache[key] = namespace["forward"]
-    return cache[key]
+    fn = cache[key]
+    if fn.__code__.co_filename == filename:
+        return fn
+    # Another instance's compiled code, under this module's name in tracebacks.
+    renamed = types.FunctionType(
+        fn.__code__.replace(co_filename=filename), fn.__globals__, fn.__name__, fn.__defaults__
+    )
+    renamed.__kwdefaults__ = fn.__kwdefaults__
+    return renamed
 
 
 _MISSING = object()
