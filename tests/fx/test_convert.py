@@ -600,3 +600,39 @@ def test_one_trace_serves_instances_that_differ_only_in_what_it_did_not_read(
     shapes = [tuple(s.shape) for _, s in uc.sites(conv)]
     assert shapes == [tuple(layer.weight.shape) for layer in orig[: len(layers)]]
     assert_step_parity(orig, conv, torch.randn(2, 3, 8, 8))
+
+
+class _TwoSignConv(nn.Module):
+    """Two weight signs in one forward (a weight and a second binary kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.05)
+        self.extra = nn.Parameter(torch.randn(4, 4, 3, 3) * 0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight + (torch.sign(self.weight) - self.weight).detach()
+        e = self.extra + (torch.sign(self.extra) - self.extra).detach()
+        return F.conv2d(x, w, padding=1) + F.conv2d(x, e, padding=1)
+
+
+def test_instances_converted_alike_generate_code_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies of one trace that are rewritten alike share generated code; a copy rewritten
+    differently (one of its sites excluded) gets code of its own, which must run."""
+    calls: list[int] = []
+    real = torch.fx.Graph.python_code
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    torch.manual_seed(0)
+    orig = nn.Sequential(*(_TwoSignConv() for _ in range(4)), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    conv = copy.deepcopy(orig)
+    monkeypatch.setattr(torch.fx.Graph, "python_code", counting)
+    uc.patch(conv, exclude=["3.extra_csign"])
+    monkeypatch.undo()
+    # one trace checked, one shared install, one install of the differently rewritten copy
+    assert len(calls) == 3
+    assert [n for n, _ in uc.sites(conv)][-1] == "3.weight_csign"
+    assert_step_parity(orig, conv, torch.randn(2, 4, 6, 6))

@@ -21,7 +21,6 @@ Every module that owns parameters and cannot be traced faithfully is reported wi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,6 +38,7 @@ from .tracing import (
     OwnGraphs,
     ancestors,
     autograd_function_of,
+    copy_graphs,
     evaluate_args,
     fetch_attr,
     original_class,
@@ -376,7 +376,7 @@ class _TraceCache:
         """A copy of a trace that holds for ``module`` too, if one was made."""
         for key, graphs in self.shared.get(cls, []):
             if key == trace_key(cls, module, **_loose(graphs)):
-                return copy.deepcopy(graphs)
+                return copy_graphs(graphs)
         return None
 
     def share(self, cls: type, module: nn.Module, graphs: OwnGraphs) -> None:
@@ -441,7 +441,7 @@ def _refused(owner: str, module: nn.Module, reason: str, skipped: list[Skipped])
 def _copy_sites(template: ModuleSites, owner: str, module: nn.Module) -> ModuleSites:
     """Another instance's sites: a copy of the template's graphs with its nodes re-found by
     name (equal trace keys give equal graphs), the site specs with this module's device."""
-    graphs = copy.deepcopy(template.graphs)
+    graphs = copy_graphs(template.graphs)
     lookup = {
         id(old): {n.name: n for n in new.nodes}
         for old, new in zip(template.graphs.graphs(), graphs.graphs(), strict=True)

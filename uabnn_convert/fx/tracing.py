@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import dis
 import functools
 import inspect
@@ -515,7 +516,7 @@ def adopt_constants(module: nn.Module, graph: fx.Graph) -> None:
         del node.meta["uabnn_constant"]
 
 
-_COMPILED: list[dict[tuple, Callable]] = []
+_COMPILED: list[dict[tuple, tuple[Callable, Any]]] = []
 
 
 @contextlib.contextmanager
@@ -531,17 +532,44 @@ def compiled_once() -> Iterator[None]:
         _COMPILED.pop()
 
 
+def copy_graphs(graphs: OwnGraphs) -> OwnGraphs:
+    """A deep copy of another instance's graphs, each marked with the graph it copies, so that
+    :func:`compile_forward` can recognise equal code without generating it again."""
+    copied = copy.deepcopy(graphs)
+    for old, new in zip(graphs.graphs(), copied.graphs(), strict=True):
+        new._uabnn_origin = getattr(old, "_uabnn_origin", old)  # fx's deepcopy drops it
+    return copied
+
+
+def _structure(graph: fx.Graph) -> tuple:
+    """Every node's name, op, target and arguments: between copies of one graph, equal
+    structure means equal generated code (a rewrite changes targets, nodes or arguments)."""
+
+    def target(t: Any) -> Any:
+        return t if isinstance(t, str) else id(t)
+
+    return tuple(
+        (n.name, n.op, target(n.target), repr(fx.node.map_arg((n.args, n.kwargs), str)))
+        for n in graph.nodes
+    )
+
+
 def compile_forward(graph: fx.Graph, label: str) -> Callable:
     """Python function ``forward(self, ...)`` generated from ``graph``."""
-    code = graph.python_code(root_module="self")
-    key = (code.src, tuple((name, id(value)) for name, value in code.globals.items()))
     cache = _COMPILED[-1] if _COMPILED else {}
+    origin = getattr(graph, "_uabnn_origin", graph)
+    copied = ("copy of", id(origin), _structure(graph))
     filename = f"<uabnn_convert forward of {label}>"
-    if key not in cache:  # the cached function holds the globals: their ids stay valid
-        namespace = dict(code.globals)
-        exec(compile(code.src, filename, "exec"), namespace)
-        cache[key] = namespace["forward"]
-    fn = cache[key]
+    if copied not in cache:
+        code = graph.python_code(root_module="self")
+        key = (code.src, tuple((name, id(value)) for name, value in code.globals.items()))
+        if key not in cache:
+            namespace = dict(code.globals)
+            exec(compile(code.src, filename, "exec"), namespace)
+            cache[key] = (namespace["forward"], None)
+        # The entries hold what their ids name (the globals, the origin graph): ids stay valid.
+        cache[copied] = (cache[key][0], origin)
+    fn = cache[copied][0]
     if fn.__code__.co_filename == filename:
         return fn
     # Another instance's compiled code, under this module's name in tracebacks.
