@@ -83,8 +83,11 @@ def run_one(
     epochs: int | None = None,
     max_steps: int | None = None,
     batch_size: int | None = None,
+    sites: bool = False,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
-    """One harness run from ``init``; its summary and per-epoch curve."""
+    """One harness run from ``init``; its summary and per-epoch curve (``sites``: per-site flip
+    curves too; ``keep``: also save the trained weights, without c-sign state, there)."""
     merged = {
         "seed": seed,
         "model.init": str(init.resolve()),
@@ -108,7 +111,7 @@ def run_one(
         callbacks=[step_callback(progress, task)],
     )
     progress.remove_task(task)
-    return {
+    record: dict[str, Any] = {
         "seed": seed,
         "run_dir": str(out),
         "seconds": round(time.perf_counter() - t0, 2),
@@ -116,6 +119,11 @@ def run_one(
         "curve": epoch_curve(result.history),
         "state_sha256": state_hash(result.model.state_dict()),
     }
+    if sites:
+        record["sites"] = site_epoch_curves(result.history)
+    if keep is not None:
+        record["saved_sha256"] = save_plain_weights(result.model, recipe, keep)
+    return record
 
 
 @contextlib.contextmanager
@@ -147,6 +155,33 @@ def pm(values: Sequence[float], spec: str = ".2f") -> str:
     """``mean ± std`` of ``values`` formatted with ``spec``."""
     mean, std = mean_std(values)
     return f"{mean:{spec}} ± {std:{spec}}"
+
+
+SUMMARY_HEADERS = (
+    "test acc (%)",
+    "mean flip rate",
+    "last-epoch flip rate",
+    "vetoed rate",
+    "Σ f̂ (end)",
+    "test acc per seed",
+)
+_SUMMARY_FORMATS = {
+    "test_top1": ".2f",
+    "mean_flip_rate": ".3e",
+    "last_epoch_flip_rate": ".3e",
+    "mean_vetoed_rate": ".3e",
+    "uncertainty": ".0f",
+}
+
+
+def summarize_seeds(sums: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Run summaries of one variant over seeds: their statistics (data) and the table cells
+    under :data:`SUMMARY_HEADERS` (mean ± std of each figure, then accuracy per seed)."""
+    data: dict[str, Any] = {k: stats([s[k] for s in sums]) for k in _SUMMARY_FORMATS}
+    data["test_top1_per_seed"] = [s["test_top1"] for s in sums]
+    cells = [pm([s[k] for s in sums], spec) for k, spec in _SUMMARY_FORMATS.items()]
+    cells.append(" ".join(f"{s['test_top1']:.2f}" for s in sums))
+    return data, cells
 
 
 def rich_table(

@@ -45,25 +45,24 @@ if __package__ in (None, ""):  # ``python experiments/fashion_mnist.py`` works a
 
 import uabnn_convert.zoo.fashion  # noqa: F401  (registers bireal_fmnist and wrn22_16_fmnist)
 from experiments.common import (
+    SUMMARY_HEADERS,
     command_line,
     make_init,
     markdown_table,
     mean_std,
     parse_overrides,
     pm,
+    run_one,
     runs_directory,
-    save_plain_weights,
-    site_epoch_curves,
     stats,
+    summarize_seeds,
     write_results,
 )
 from experiments.sweep import identical_groups, parse_list
-from uabnn_convert.train import finetune
-from uabnn_convert.train.analysis import epoch_curve, run_summary, state_hash
 from uabnn_convert.train.data import FASHION_MNIST_FILES, FASHION_MNIST_ROOT, read_idx
 from uabnn_convert.train.errors import DataError
 from uabnn_convert.train.plot import plot_epochs
-from uabnn_convert.train.progress import new_progress, step_callback
+from uabnn_convert.train.progress import new_progress
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MODELS = {"bireal_fmnist": "fashion_mnist", "wrn22_16_fmnist": "fashion_mnist_wrn22_16"}
@@ -191,9 +190,9 @@ class Runner:
         eval_every: int | None = None,
         keep: Path | None = None,
     ) -> dict[str, Any]:
-        """One harness run from ``init`` (as ``common.run_one``): its summary, per-epoch curve,
-        per-site flip curves; ``keep``: save the trained weights (no c-sign state) there."""
-        recipe = RECIPES / f"{plan.recipe}{'_sign' if sign else ''}.yaml"
+        """One harness run from ``init`` (:func:`common.run_one` with this experiment's data
+        settings): its summary, per-epoch curve, per-site flip curves; ``keep``: save the
+        trained weights (no c-sign state) there."""
         overrides: dict[str, Any] = {
             "data.train_subset": plan.subset,
             "data.augment": "none",
@@ -203,40 +202,22 @@ class Runner:
         if lr is not None:
             overrides["optim.lr"] = lr
         overrides.update(self.overrides)
-        out = self.root / name
-        merged = {
-            "seed": seed,
-            "model.init": str(init.resolve()),
-            "log.plot": False,
-            "log.keep_last": 1,
-            **{f"csign.{k}": v for k, v in (csign or {}).items()},
-            **overrides,
-        }
-        task = self.progress.add_task("", total=None, name=name[-16:])
-        t0 = time.perf_counter()
-        trained = finetune(
-            str(recipe),
-            data=self.data_dir,
-            out=out,
-            sign_baseline=sign,
+        result = run_one(
+            str(RECIPES / f"{plan.recipe}{'_sign' if sign else ''}.yaml"),
+            out=self.root / name,
+            seed=seed,
+            init=init,
+            sign=sign,
+            progress=self.progress,
+            name=name[-16:],
+            csign=csign,
+            overrides=overrides,
+            data_dir=self.data_dir,
             epochs=epochs,
             batch_size=plan.batch_size,
-            overrides=merged,
-            progress=False,
-            callbacks=[step_callback(self.progress, task)],
+            sites=True,
+            keep=keep,
         )
-        self.progress.remove_task(task)
-        result: dict[str, Any] = {
-            "seed": seed,
-            "run_dir": str(out),
-            "seconds": round(time.perf_counter() - t0, 2),
-            "summary": run_summary(trained.history),
-            "curve": epoch_curve(trained.history),
-            "state_sha256": state_hash(trained.model.state_dict()),
-            "sites": site_epoch_curves(trained.history),
-        }
-        if keep is not None:
-            result["saved_sha256"] = save_plain_weights(trained.model, plan.recipe_path, keep)
         result["epochs"] = epochs
         self.done += 1
         s = result["summary"]
@@ -363,17 +344,7 @@ def compare_markdown(plan: Plan, data: dict[str, Any], results: Path) -> str:
         f"{pm(converged)} % test accuracy)."
     )
 
-    final_headers = [
-        "setting",
-        "epochs",
-        "run",
-        "test acc (%)",
-        "mean flip rate",
-        "last-epoch flip rate",
-        "vetoed rate",
-        "Σ f̂ (end)",
-        "test acc per seed",
-    ]
+    final_headers = ["setting", "epochs", "run", *SUMMARY_HEADERS]
     final_rows, paired_rows = [], []
     aggregates: dict[str, Any] = {}
     for key in keys:
@@ -382,30 +353,8 @@ def compare_markdown(plan: Plan, data: dict[str, Any], results: Path) -> str:
         agg: dict[str, Any] = {"epochs": epochs}
         for variant in VARIANTS:
             sums = [e["runs"][key][variant]["summary"] for e in per_seed]
-            agg[variant] = {
-                k: stats([s[k] for s in sums])
-                for k in (
-                    "test_top1",
-                    "mean_flip_rate",
-                    "last_epoch_flip_rate",
-                    "mean_vetoed_rate",
-                    "uncertainty",
-                )
-            }
-            agg[variant]["test_top1_per_seed"] = [s["test_top1"] for s in sums]
-            final_rows.append(
-                [
-                    setting,
-                    str(epochs),
-                    variant,
-                    pm([s["test_top1"] for s in sums]),
-                    pm([s["mean_flip_rate"] for s in sums], ".3e"),
-                    pm([s["last_epoch_flip_rate"] for s in sums], ".3e"),
-                    pm([s["mean_vetoed_rate"] for s in sums], ".3e"),
-                    pm([s["uncertainty"] for s in sums], ".0f"),
-                    " ".join(f"{s['test_top1']:.2f}" for s in sums),
-                ]
-            )
+            agg[variant], cells = summarize_seeds(sums)
+            final_rows.append([setting, str(epochs), variant, *cells])
         pairs = [
             (e["runs"][key]["sign"]["summary"], e["runs"][key]["c-sign"]["summary"])
             for e in per_seed

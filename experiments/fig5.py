@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # ``python experiments/fig5.py`` works as well as
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import (
+    SUMMARY_HEADERS,
     command_line,
     make_init,
     markdown_table,
@@ -37,6 +38,7 @@ from experiments.common import (
     run_one,
     runs_directory,
     stats,
+    summarize_seeds,
     wide_console,
     write_results,
 )
@@ -161,37 +163,9 @@ def report(
     final_rows, final_data = [], {}
     for lb in LABELS:
         sums = [s[lb]["summary"] for s in per_seed]
-        final_data[lb] = {
-            key: stats([x[key] for x in sums])
-            for key in (
-                "test_top1",
-                "mean_flip_rate",
-                "last_epoch_flip_rate",
-                "mean_vetoed_rate",
-                "uncertainty",
-            )
-        }
-        final_data[lb]["test_top1_per_seed"] = [x["test_top1"] for x in sums]
-        final_rows.append(
-            [
-                lb,
-                pm([x["test_top1"] for x in sums]),
-                pm([x["mean_flip_rate"] for x in sums], ".3e"),
-                pm([x["last_epoch_flip_rate"] for x in sums], ".3e"),
-                pm([x["mean_vetoed_rate"] for x in sums], ".3e"),
-                pm([x["uncertainty"] for x in sums], ".0f"),
-                " ".join(f"{x['test_top1']:.2f}" for x in sums),
-            ]
-        )
-    final_headers = [
-        "run",
-        "test acc (%)",
-        "mean flip rate",
-        "last-epoch flip rate",
-        "vetoed rate",
-        "Σ f̂ (end)",
-        "test acc per seed",
-    ]
+        final_data[lb], cells = summarize_seeds(sums)
+        final_rows.append([lb, *cells])
+    final_headers = ["run", *SUMMARY_HEADERS]
 
     d_acc = [
         s["c-sign"]["summary"]["test_top1"] - s["sign"]["summary"]["test_top1"] for s in per_seed
