@@ -13,7 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 import uabnn_convert as uc
@@ -66,14 +65,6 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_torchrun_two_ranks_agree_and_the_checkpoint_resumes_on_one(tmp_path: Path) -> None:

@@ -30,15 +30,6 @@ SETTINGS = {
 TARGET = 14
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread here and in the subprocess, so both compute in the same order."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 KILLER = textwrap.dedent(
     """
     import json, os, signal, sys

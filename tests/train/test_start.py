@@ -25,14 +25,6 @@ QUICK = {"data.batch_size": 128, "log.every_steps": 5, "log.plot": False, "train
 STEPS_PER_EPOCH = 10  # 1347 digits training images, whole batches of 128
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _run(out: Path, **kw):
     overrides = {**QUICK, **kw.pop("overrides", {})}
     return finetune("digits", out=out, overrides=overrides, progress=False, **kw)

@@ -31,16 +31,6 @@ MAIN_RECIPES = [p for p in RECIPES if not p.stem.endswith("_sign")]
 QUICK = {"data.batch_size": 128, "log.every_steps": 5, "log.plot": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, more threads only contend. Recipes may set
-    the count too; the rest of the session gets its own back."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_env() -> dict[str, str]:
     """Environment for subprocesses: one thread each."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
