@@ -231,10 +231,10 @@ def _check_parity(model: nn.Module, example_inputs: Any, reference: Any) -> None
     """Before any update a converted model computes exactly what the original did."""
     if example_inputs is None:
         return
-    got = _eval_outputs(model, example_inputs)
-    pairs = list(zip(tree_leaves(reference), tree_leaves(got), strict=False))
-    if len(tree_leaves(reference)) != len(tree_leaves(got)) or not all(
-        torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in pairs
+    want, got = tree_leaves(reference), tree_leaves(_eval_outputs(model, example_inputs))
+    if len(want) != len(got) or not all(
+        torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+        for a, b in zip(want, got, strict=True)
     ):
         raise ConversionError(
             f"the converted {model_name(model)} does not reproduce the original's outputs on "
