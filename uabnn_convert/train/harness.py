@@ -43,7 +43,7 @@ from torch import nn
 
 from ..api import sites
 from ..config import ConvertConfig
-from ..files import arch_label, atomic_write_text, load_weights, patch_recorded
+from ..files import arch_label, atomic_write_text, rebuild
 from . import checkpoint as ck
 from .build import (
     ModelSource,
@@ -618,16 +618,11 @@ class _Trainer:
 def _from_checkpoint(checkpoint: Any, trust_code: bool) -> tuple[nn.Module, ModelSource]:
     """The model a checkpoint holds, as its run made it (its recorded trust included: a resume
     trusts the run directory it is given, as one trusts a script one runs)."""
-    from ..files import build_arch
-
     record = checkpoint.record
     training = record["training"]
     trusted = trust_code or bool(training.get("trusted"))
+    model = rebuild(checkpoint, trust_code=trusted)
     arch, kwargs = record["arch"], dict(record["arch_kwargs"])
-    model = build_arch(arch, kwargs, trusted=trusted)
-    label = arch_label(arch, kwargs)
-    patch_recorded(model, record, source=str(checkpoint.path), target=label)
-    load_weights(model, checkpoint.state_dict or {}, source=str(checkpoint.path), target=label)
     config: ConvertConfig = record["config"]
     return model, ModelSource(arch, kwargs, config, trusted, training.get("init"))
 
