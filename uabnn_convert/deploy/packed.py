@@ -36,7 +36,7 @@ from .._version import __version__
 from ..api import model_name, patch, sites
 from ..core import CSignSite
 from ..errors import ConversionError, ExportError
-from ..files import atomic_write_bytes, build_arch, unwrap
+from ..files import atomic_write_bytes, build_arch, chosen_arch, unwrap
 from ..fx import freeze_and_fold
 from ..report import Report
 from .bits import (
@@ -323,9 +323,9 @@ def load_packed(
     path = Path(path)
     header, stored = _read(path)
     state = _decode(path, header, stored)
-    trusted = arch is not None or trust_code
-    arch = arch if arch is not None else header["arch"]
-    kwargs = dict(arch_kwargs) if arch_kwargs is not None else dict(header["arch_kwargs"])
+    arch, kwargs, trusted = chosen_arch(
+        header["arch"], header["arch_kwargs"], arch, arch_kwargs, trust_code
+    )
     if arch is None:
         raise ExportError(
             f"{path} records no architecture; name it: load_packed(path, arch=NAME or "

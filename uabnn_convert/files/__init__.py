@@ -2,7 +2,7 @@
 the record around a converted model, and ``convert_file`` (what ``uabnn-convert MODEL`` does).
 """
 
-from .arch import arch_label, build_arch, check_arch
+from .arch import arch_label, build_arch, check_arch, chosen_arch
 from .atomic import append_line, atomic_path, atomic_save, atomic_write_bytes, atomic_write_text
 from .convert import Converted, convert_file
 from .model_file import load, load_weights, model_from, patch_recorded, rebuild, save, save_frozen
@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "build_arch",
     "check_arch",
+    "chosen_arch",
     "convert_file",
     "converted_record",
     "default_output",

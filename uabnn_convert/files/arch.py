@@ -29,6 +29,21 @@ def arch_label(arch: str, kwargs: Mapping[str, Any] | None = None) -> str:
     return f"{arch}({args})" if args else arch
 
 
+def chosen_arch(
+    recorded: str | None,
+    recorded_kwargs: Mapping[str, Any] | None,
+    arch: str | None,
+    arch_kwargs: Mapping[str, Any] | None,
+    trust_code: bool,
+) -> tuple[str | None, dict[str, Any], bool]:
+    """``(arch, kwargs, trusted)`` to build a file's model with: the caller's architecture
+    (trusted) if given, else the one the file records (trusted only with ``trust_code``)."""
+    kwargs = dict(arch_kwargs if arch_kwargs is not None else recorded_kwargs or {})
+    if arch is not None:
+        return arch, kwargs, True
+    return recorded, kwargs, trust_code
+
+
 def build_arch(
     arch: str, kwargs: Mapping[str, Any] | None = None, *, trusted: bool = True
 ) -> nn.Module:

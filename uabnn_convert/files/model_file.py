@@ -20,7 +20,7 @@ from torch import nn
 from ..api import example_from_specs, freeze, patch, sites
 from ..config import ConvertConfig
 from ..errors import CheckpointError, ConversionError
-from .arch import arch_label, build_arch
+from .arch import arch_label, build_arch, chosen_arch
 from .atomic import atomic_save
 from .reader import ModelFile, first_line, read, unwrap
 from .record import FORMAT, converted_record, make_record
@@ -125,9 +125,9 @@ def rebuild(
             usage=True,
         )
     record = file.record
-    trusted = arch is not None or trust_code
-    arch = arch if arch is not None else record["arch"]
-    kwargs = dict(arch_kwargs) if arch_kwargs is not None else record["arch_kwargs"]
+    arch, kwargs, trusted = chosen_arch(
+        record["arch"], record["arch_kwargs"], arch, arch_kwargs, trust_code
+    )
     if arch is None:
         raise CheckpointError(
             f"{file.path} records no architecture (it was converted from a pickled module): "
