@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .instrument import ForwardHooks
+
 SKIP_NO_CUDA = "skipped: no CUDA device (torch.cuda.is_available() is False)"
 
 
@@ -93,16 +95,13 @@ def cuda_interleaved(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-class CudaSiteClock:
+class CudaSiteClock(ForwardHooks):
     """CUDA event pairs recorded in forward pre/post hooks of the given modules."""
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
         self.pairs: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self._open: list[torch.cuda.Event] = []
-        self._handles = []
-        for module in modules:
-            self._handles.append(module.register_forward_pre_hook(self._pre))
-            self._handles.append(module.register_forward_hook(self._post))
+        super().__init__(modules)
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         event = _event()
@@ -121,11 +120,6 @@ class CudaSiteClock:
     def seconds(self) -> float:
         """Summed stream seconds of the recorded pairs (call after a synchronize)."""
         return sum(start.elapsed_time(end) for start, end in self.pairs) / 1e3
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def count_syncs(fn: Callable[[], object], calls: int = 2) -> tuple[float, list[str]]:

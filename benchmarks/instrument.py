@@ -40,17 +40,36 @@ from torch import nn
 from .timing import interleaved_samples
 
 
-class HostSiteClock:
+class ForwardHooks:
+    """A forward pre-hook (:meth:`_pre`) and post-hook (:meth:`_post`) on every given module,
+    removed together: the frame of the host and the CUDA site clocks."""
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        self._handles = []
+        for module in modules:
+            self._handles.append(module.register_forward_pre_hook(self._pre))
+            self._handles.append(module.register_forward_hook(self._post))
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        raise NotImplementedError
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class HostSiteClock(ForwardHooks):
     """Seconds spent between the forward pre- and post-hooks of the given modules."""
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
         self.seconds = 0.0
         self.calls = 0
         self._starts: list[float] = []
-        self._handles = []
-        for module in modules:
-            self._handles.append(module.register_forward_pre_hook(self._pre))
-            self._handles.append(module.register_forward_hook(self._post))
+        super().__init__(modules)
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         self._starts.append(time.perf_counter())
@@ -63,11 +82,6 @@ class HostSiteClock:
         self.seconds = 0.0
         self.calls = 0
         self._starts.clear()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 class _Passthrough(nn.Module):
